@@ -1,0 +1,1 @@
+"""Lightning callbacks; each wraps Lightning-free code from evaluation/."""

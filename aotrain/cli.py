@@ -1,0 +1,123 @@
+"""The `aotrain` command.
+
+    aotrain fit [recipe=NAME] [KEY=VALUE ...]    train + evaluate; Hydra overrides
+    aotrain world [recipe=NAME] [KEY=VALUE ...]  generate (or find) the toy world only
+    aotrain fit --help                           recipes, config groups and main options
+"""
+from __future__ import annotations
+
+import sys
+
+from aotrain import __version__
+
+USAGE = """usage: aotrain [--help] [--version] COMMAND [--help] [--print-config] [OVERRIDES ...]
+
+Controlled experiments on compositional generalisation in CLIP-style models.
+
+commands:
+  fit      train a recipe (default: toy_low_nmi on the built-in toy world), evaluate it
+           zero-shot on ImageNet-AO-format folders and log everything to MLflow
+  world    generate (or find) the toy world of a recipe and print its folder
+
+Run `aotrain COMMAND --help` for recipes and options."""
+
+MAIN_OPTIONS = [
+    ("recipe=NAME", "what to run (see the list above)"),
+    ("seed=INT", "seed for data order, initialisation and the toy world's sampling"),
+    ("trainer.max_steps=INT", "optimizer steps"),
+    ("trainer.devices=INT", "processes (CPU) or GPUs on this node"),
+    ("data.batch_size=INT", "batch size per process"),
+    ("data.pool=PATH", "a folder of webdataset shards (real data; with world=null)"),
+    ("optim.lr=FLOAT", "peak learning rate (linear warmup, cosine decay)"),
+    ("world.pool.joint=uniform|skewed", "the toy world's training joint of attributes and objects"),
+    ("eval.every_n_steps=INT", "zero-shot evaluation interval (0: at the end only)"),
+    ("logger.tracking_uri=URI", "MLflow store (default: $MLFLOW_TRACKING_URI or sqlite in paths.root)"),
+    ("paths.root=PATH", "where worlds, runs and the MLflow store go (default: $AOTRAIN_OUTPUT or ./outputs)"),
+    ("debug=smoke", "a few steps on a tiny world, to check an install"),
+    ("--print-config", "print the composed config and exit"),
+]
+
+
+def command_help(command: str) -> str:
+    from aotrain.config import describe, group_options, groups
+
+    intro = {
+        "fit": "usage: aotrain fit [--print-config] [recipe=NAME] [KEY=VALUE ...]\n\n"
+               "Train a CLIP from scratch, evaluate it zero-shot and log the run to MLflow.",
+        "world": "usage: aotrain world [recipe=NAME] [KEY=VALUE ...]\n\n"
+                 "Generate the recipe's toy world (pool shards + ImageNet-AO folders) if missing.",
+    }[command]
+    lines = [intro, "", "recipes:"]
+    lines += [f"  {r:<22}{describe('recipe', r)}" for r in group_options("recipe")]
+    lines += ["", "config groups (GROUP=CHOICE):"]
+    lines += [f"  {g:<22}{', '.join(group_options(g))}" for g in groups() if g != "recipe"]
+    lines += ["", "main options:"]
+    lines += [f"  {k:<34}{v}" for k, v in MAIN_OPTIONS]
+    lines += ["", "Any key of the composed config can be set as KEY=VALUE (see --print-config)."]
+    return "\n".join(lines)
+
+
+def run(command: str, args: list[str]) -> int:
+    from omegaconf import OmegaConf
+
+    from aotrain.config import compose
+
+    print_config = "--print-config" in args
+    overrides = [a for a in args if a != "--print-config"]
+    unknown = [a for a in overrides if a.startswith("-")]
+    if unknown:
+        raise_user(f"unknown option {unknown[0]}; see `aotrain {command} --help`")
+    cfg = compose(overrides)
+    if print_config:
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    if command == "world":
+        from aotrain.train import prepare
+
+        prepare(cfg)
+        print(cfg.world_dir if cfg.world is not None else "this config has no toy world (world=null)")
+        return 0
+    from aotrain.train import fit, format_summary
+
+    summary = fit(cfg)
+    if summary:
+        print("\n" + format_summary(summary))
+    return 0
+
+
+def raise_user(message: str):
+    from aotrain.config import UserError
+
+    raise UserError(message)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    if argv[0] == "--version":
+        print(f"aotrain {__version__}")
+        return 0
+    command, args = argv[0], argv[1:]
+    if command not in ("fit", "world"):
+        print(f"aotrain: error: unknown command {command!r}; choose fit or world (aotrain --help)",
+              file=sys.stderr)
+        return 2
+    if "-h" in args or "--help" in args:
+        print(command_help(command))
+        return 0
+    from aotrain.config import UserError
+
+    try:
+        return run(command, args)
+    except UserError as e:
+        print(f"aotrain {command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("aotrain: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training data: webdataset shards -> (image, tokens) batches."""

@@ -1,0 +1,113 @@
+"""`fit(cfg)`: toy world (if configured) -> shards -> Lightning CLIP -> zero-shot evaluation -> MLflow.
+
+A plain function the CLI wraps (`aotrain fit ...`); tests call it with a composed config.
+
+    aotrain fit                                  # toy_low_nmi on one CPU
+    aotrain fit recipe=toy_high_nmi trainer.max_steps=600
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from omegaconf import OmegaConf
+
+from aotrain.callbacks.zero_shot import ZeroShotEvaluation
+from aotrain.config import UserError, instantiate, resolve, to_dict
+from aotrain.toyworld import generate_world, load_world
+from aotrain.tracking import curated_params, log_artifacts, make_logger
+
+HEADLINE = ("unseen/pair_top1", "seen/pair_top1", "unseen/object_top1", "unseen/attribute_top1",
+            "chance/pair_top1")
+
+
+def _launch_id() -> str:
+    # Lightning's DDP launcher re-runs this command in child processes: they must land in the
+    # parent's run folder, so the id travels through the environment.
+    run_id = os.environ.get("AOTRAIN_RUN_ID") or time.strftime("%Y%m%d-%H%M%S")
+    os.environ["AOTRAIN_RUN_ID"] = run_id
+    return run_id
+
+
+def prepare(cfg) -> dict | None:
+    """Fill in run_id and world_dir (generating the toy world when missing), then resolve everything."""
+    cfg.run_id = cfg.run_id or _launch_id()
+    world = None
+    if cfg.world is not None:
+        try:
+            world_path = generate_world(to_dict(cfg.world), cfg.paths.world_root)
+        except ValueError as e:
+            raise UserError(f"world: {e}") from None
+        cfg.world_dir = str(world_path)
+        world = load_world(world_path)
+    resolve(cfg)
+    return world
+
+
+def build_callbacks(cfg, run_dir: Path) -> list:
+    every = cfg.eval.every_n_steps or cfg.trainer.max_steps
+    return [
+        ZeroShotEvaluation(cfg.eval.benchmarks, cfg.eval.templates, cfg.model.name, str(run_dir),
+                           every_n_steps=cfg.eval.every_n_steps, batch_size=cfg.eval.batch_size,
+                           num_workers=cfg.eval.num_workers),
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-{step}", save_last=True,
+                        monitor=cfg.eval.checkpoint_monitor, mode="max", save_top_k=1,
+                        every_n_train_steps=every),
+        LearningRateMonitor(logging_interval="step"),
+    ]
+
+
+def fit(cfg) -> dict:
+    """Train and evaluate one config; returns (and writes to <run_dir>/summary.json) where things are."""
+    world = prepare(cfg)
+    run_dir = Path(cfg.paths.run_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    try:
+        datamodule = instantiate(cfg.data)
+    except FileNotFoundError as e:
+        raise UserError(f"data: {e}") from None
+    module = instantiate(cfg.module)
+    logger = make_logger(cfg, run_name=run_dir.name)
+    callbacks = build_callbacks(cfg, run_dir)
+    trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
+
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / "config.yaml")
+        logger.log_hyperparams(curated_params(cfg, world, datamodule, module))
+    trainer.fit(module, datamodule=datamodule)
+    if not trainer.is_global_zero:
+        return {}
+
+    evaluation = callbacks[0].last
+    checkpoint = callbacks[1]
+    summary = {
+        "recipe": cfg.name,
+        "tracking_uri": cfg.logger.tracking_uri,
+        "experiment": cfg.logger.experiment_name,
+        "run_id": logger.run_id,
+        "run_dir": str(run_dir),
+        "last_checkpoint": checkpoint.last_model_path,
+        "best_checkpoint": checkpoint.best_model_path,
+        "steps": trainer.global_step,
+        "metrics": {k: evaluation.metrics[k] for k in HEADLINE if k in evaluation.metrics} if evaluation else {},
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    log_artifacts(logger, [run_dir / "config.yaml", run_dir / "summary.json", run_dir / "eval"])
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    lines = [
+        f"recipe        {summary['recipe']}  ({summary['steps']} steps)",
+        f"tracking URI  {summary['tracking_uri']}",
+        f"MLflow run    {summary['run_id']}  (experiment {summary['experiment']})",
+        f"checkpoint    {summary['last_checkpoint']}",
+        f"run folder    {summary['run_dir']}",
+    ]
+    lines += [f"{k:<28}{v:.4f}" for k, v in summary["metrics"].items()]
+    return "\n".join(lines)

@@ -1,0 +1,45 @@
+"""What a user sees from `aotrain` itself: help, and short errors for mistakes."""
+from conftest import run_cli
+
+
+def test_help_lists_commands_and_recipes():
+    top = run_cli("--help")
+    assert top.returncode == 0 and "fit" in top.stdout and "world" in top.stdout
+    fit = run_cli("fit", "--help")
+    assert fit.returncode == 0
+    for expected in ("toy_low_nmi", "toy_high_nmi", "trainer.max_steps", "debug=smoke"):
+        assert expected in fit.stdout
+
+
+def test_unknown_recipe_is_a_short_error_with_the_choices(tmp_path):
+    proc = run_cli("fit", "recipe=toy_no_such_thing", root=tmp_path)
+    assert proc.returncode == 2
+    assert "recipe/toy_no_such_thing" in proc.stderr and "toy_low_nmi" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not any(tmp_path.iterdir()), "nothing is written for a rejected command"
+
+
+def test_unknown_key_names_the_key_and_the_valid_ones(tmp_path):
+    proc = run_cli("fit", "trainer.maxsteps=3", root=tmp_path)
+    assert proc.returncode == 2
+    assert "trainer.maxsteps" in proc.stderr and "max_steps" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_malformed_override_and_unknown_command(tmp_path):
+    proc = run_cli("fit", "trainer.max_steps", root=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    proc = run_cli("train", root=tmp_path)
+    assert proc.returncode == 2 and "fit" in proc.stderr
+
+
+def test_bad_world_value_is_a_short_error(tmp_path):
+    proc = run_cli("world", "world.pool.joint=banana", root=tmp_path)
+    assert proc.returncode == 2
+    assert "joint" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_print_config_shows_the_recipe(tmp_path):
+    proc = run_cli("fit", "recipe=toy_high_nmi", "--print-config", root=tmp_path)
+    assert proc.returncode == 0
+    assert "joint: skewed" in proc.stdout and "name: toy_high_nmi" in proc.stdout

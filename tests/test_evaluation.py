@@ -1,0 +1,267 @@
+"""Tests for the `evaluation` package (ImageNet-AO zero-shot evaluation).
+
+A tiny synthetic ImageNet-AO world: the top half of each image is the
+attribute's colour, the bottom half a grey level that encodes the object.  A
+hand-written "oracle" model reads those pixels (image side) and the concept
+words (text side) into the same one-hot space, so its accuracies are known.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from evaluation import (
+    SIMPLE_TEMPLATES,
+    AOFolder,
+    EvalResult,
+    UnreadableImageError,
+    evaluate_zero_shot,
+    text_classifier,
+    topk_correct,
+)
+from evaluation.metrics import class_mean_accuracy
+
+COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0)}
+OBJECTS = ["circle", "square", "sea lion"]  # grey level index: 0, 1, 2
+ATTRS = ["red", "green", "blue"]  # channel index: 0, 1, 2
+ATTR_VOCAB = ["red", "green", "blue", "yellow"]
+UNSEEN = ["red circle", "green_circle", "blue_square", "red_sea_lion"]
+SEEN = ["red square", "green square", "blue circle"]
+ALL_PAIRS = sorted(
+    [("red", "circle"), ("green", "circle"), ("blue", "square"), ("red", "sea lion"),
+     ("red", "square"), ("green", "square"), ("blue", "circle")]
+)
+
+
+def _image(attr: str, obj: str) -> Image.Image:
+    img = Image.new("RGB", (32, 32), COLOURS[attr])
+    grey = 127 * OBJECTS.index(obj) if obj in OBJECTS else 0
+    img.paste((grey, grey, grey), (0, 16, 32, 32))  # bottom half encodes the object
+    return img
+
+
+def _write_root(root: Path, folders: list[str], per_pair: int = 2) -> Path:
+    for name in folders:
+        d = root / name
+        d.mkdir(parents=True)
+        words = re.split(r"[ _]+", name)
+        attr, obj = words[0], " ".join(words[1:])
+        if attr not in COLOURS:  # e.g. "dark_red_circle": use the next word's colour
+            attr = words[1]
+        for i in range(per_pair):
+            _image(attr, obj).save(d / f"img{i}.png")
+    return root
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> dict[str, Path]:
+    unseen = _write_root(tmp_path / "unseen", UNSEEN + ["dark_red_circle"])
+    (unseen / "yellow circle").mkdir()  # empty pair folder
+    (unseen / "nosplit").mkdir()  # no separator: never parses
+    (unseen / "nosplit" / "a.png").write_bytes(b"")
+    (unseen / "blue_square" / "broken.png").write_bytes(b"not a png at all")
+    (unseen / "red circle" / "notes.txt").write_text("ignored: not an image")
+    seen = _write_root(tmp_path / "seen", SEEN)
+    return {"unseen": unseen, "seen": seen}
+
+
+def _splits(world, **kw) -> dict[str, AOFolder]:
+    return {s: AOFolder(p, attributes=ATTR_VOCAB, objects=OBJECTS, **kw) for s, p in world.items()}
+
+
+# ---------------------------------------------------------------- fake model
+# Concept space: D = 3 attributes + 3 objects.  Test scaffolding, not a mock.
+CONCEPTS = ATTRS + OBJECTS
+
+
+def oracle_tokenizer(texts: list[str]) -> torch.Tensor:
+    """[B, 8] ids of the concept phrases found in each text (1-based, 0 = pad)."""
+    out = torch.zeros(len(texts), 8, dtype=torch.long)
+    for b, text in enumerate(texts):
+        text, ids = text.lower(), []
+        for i, phrase in sorted(enumerate(CONCEPTS), key=lambda x: -len(x[1])):  # longest first
+            if re.search(rf"\b{phrase}\b", text):
+                ids.append(i + 1)
+                text = re.sub(rf"\b{phrase}\b", " ", text)
+        out[b, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return out
+
+
+def oracle_encode_text(tokens: torch.Tensor) -> torch.Tensor:
+    return F.one_hot(tokens, len(CONCEPTS) + 1)[:, :, 1:].sum(1).float()  # [B, D]
+
+
+def make_encode_image(object_shift: int = 0):
+    def encode_image(images: torch.Tensor) -> torch.Tensor:  # [B,3,32,32] in [0,1] -> [B, D]
+        attr = images[:, :, 4, 16].argmax(dim=1)  # colour channel
+        obj = (images[:, 0, 28, 16] * 255 / 127).round().long()  # grey level
+        obj = (obj + object_shift) % len(OBJECTS)
+        return F.one_hot(attr, len(CONCEPTS)).float() + F.one_hot(obj + len(ATTRS), len(CONCEPTS)).float()
+
+    return encode_image
+
+
+# ------------------------------------------------------------------ AOFolder
+def test_aofolder_parses_with_vocab_and_counts_skips(world):
+    ds = AOFolder(world["unseen"], attributes=ATTR_VOCAB, objects=OBJECTS)
+    assert ds.pairs == [("blue", "square"), ("green", "circle"), ("red", "circle"), ("red", "sea lion")]
+    assert ds.classnames[-1] == "red sea lion"
+    # nosplit + dark_red_circle ("dark red" is no attribute); broken.png; yellow circle.
+    assert ds.skipped == {"empty_folders": 1, "unreadable_images": 1, "unparsed_folders": 2}
+    assert len(ds) == 8 and all(p.suffix == ".png" for p, _ in ds.samples)
+    labels = [y for _, y in ds.samples]
+    assert labels == sorted(labels)
+    image, label = ds[0]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and label == 0
+
+
+def test_aofolder_without_vocab_splits_at_first_separator(world):
+    ds = AOFolder(world["unseen"])
+    assert ("dark", "red circle") in ds.pairs and ("red", "sea lion") in ds.pairs
+    assert ds.skipped == {"empty_folders": 1, "unreadable_images": 1, "unparsed_folders": 1}
+
+
+def test_aofolder_deterministic_and_merges_spellings(tmp_path):
+    root = _write_root(tmp_path / "r", ["red circle", "red_circle", "blue square"], per_pair=1)
+    a, b = AOFolder(root), AOFolder(root)
+    assert a.pairs == [("blue", "square"), ("red", "circle")]  # both spellings: one class
+    assert a.samples == b.samples and len(a) == 3
+
+
+def test_aofolder_unverified_bad_image_raises_naming_file(world):
+    ds = AOFolder(world["unseen"], attributes=ATTR_VOCAB, objects=OBJECTS, verify=False)
+    assert ds.skipped["unreadable_images"] == 0
+    bad = next(i for i, (p, _) in enumerate(ds.samples) if p.name == "broken.png")
+    with pytest.raises(UnreadableImageError, match="broken.png"):
+        ds[bad]
+
+
+def test_aofolder_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing"):
+        AOFolder(tmp_path / "missing")
+    (tmp_path / "only" / "red circle").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no usable"):
+        AOFolder(tmp_path / "only")
+
+
+# ---------------------------------------------------------- text classifier
+def _hash_tokenizer(texts: list[str]) -> torch.Tensor:
+    ids = [[1 + zlib.crc32(w.encode()) % 50 for w in t.lower().split()] for t in texts]
+    out = torch.zeros(len(texts), 10, dtype=torch.long)
+    for b, row in enumerate(ids):
+        out[b, : len(row)] = torch.tensor(row)
+    return out
+
+
+def test_text_classifier_normalises_then_averages_then_renormalises():
+    emb = torch.randn(51, 5, generator=torch.Generator().manual_seed(0))
+    encode_text = lambda tok: emb[tok].sum(1)  # [B, L] -> [B, 5]; template words matter
+    names, temps = ["red circle", "sea lion", "blue"], SIMPLE_TEMPLATES
+    w = text_classifier(encode_text, _hash_tokenizer, names, temps, batch_size=5)
+    assert w.shape == (3, 5)
+    torch.testing.assert_close(w.norm(dim=-1), torch.ones(3))
+    for c, name in enumerate(names):
+        per = F.normalize(encode_text(_hash_tokenizer([t.format(name) for t in temps])), dim=-1)
+        torch.testing.assert_close(w[c], F.normalize(per.mean(0), dim=0))
+    # Callable templates (open_clip's style) give the same classifier.
+    lambdas = [lambda c, t=t: t.format(c) for t in temps]
+    torch.testing.assert_close(text_classifier(encode_text, _hash_tokenizer, names, lambdas), w)
+    with pytest.raises(ValueError, match="slot"):
+        text_classifier(encode_text, _hash_tokenizer, names, ["no slot"])
+
+
+def test_topk_and_class_mean():
+    logits = torch.tensor([[3.0, 2.0, 1.0], [0.0, 1.0, 2.0], [1.0, 0.0, 0.0]])
+    targets = torch.tensor([1, 2, 0])
+    assert topk_correct(logits, targets, 1).tolist() == [False, True, True]
+    assert topk_correct(logits, targets, 2).tolist() == [True, True, True]
+    assert topk_correct(logits, targets, 5).all()  # capped at C
+    correct = torch.tensor([True, True, False, False])
+    assert class_mean_accuracy(correct, torch.tensor([0, 0, 0, 2]), 4) == pytest.approx(1 / 3)
+
+
+# ------------------------------------------------------------ zero-shot eval
+def test_oracle_model_is_perfect_and_text_side_runs_once(world):
+    calls = []
+    tokenizer = lambda texts: (calls.append(len(texts)), oracle_tokenizer(texts))[1]
+    result = evaluate_zero_shot(
+        make_encode_image(), oracle_encode_text, tokenizer, _splits(world), SIMPLE_TEMPLATES, batch_size=1000
+    )
+    assert len(calls) == 3  # pair, object, attribute classifiers: once each, not per split
+    m = result.metrics
+    for s, n_pairs in (("unseen", 4), ("seen", 3)):
+        for key in ("pair_top1", "pair_top5", "pair_top1_class_mean", "object_top1", "attribute_top1"):
+            assert m[f"{s}/{key}"] == 1.0, key
+        assert m[f"{s}/n_pairs"] == n_pairs and m[f"{s}/n_images"] == 2 * n_pairs
+    assert result.candidate_pairs == ALL_PAIRS
+    assert m["n_candidate_pairs"] == 7.0
+    assert m["chance/pair_top1"] == pytest.approx(1 / 7)
+    assert m["chance/object_top1"] == pytest.approx(1 / 3)
+    assert m["chance/attribute_top1"] == pytest.approx(1 / 3)
+    assert all(type(v) is float for v in m.values())
+    assert len(result.table) == 7 and all(row["pair_top1"] == 1.0 for row in result.table)
+
+
+def test_model_wrong_about_objects(world):
+    result = evaluate_zero_shot(
+        make_encode_image(object_shift=1), oracle_encode_text, oracle_tokenizer, _splits(world), SIMPLE_TEMPLATES
+    )
+    m = result.metrics
+    for s in ("unseen", "seen"):
+        assert m[f"{s}/object_top1"] == 0.0
+        assert m[f"{s}/attribute_top1"] == 1.0
+        assert m[f"{s}/pair_top1"] == 0.0
+        assert m[f"{s}/pair_top5"] >= m[f"{s}/pair_top1"]
+        assert m[f"{s}/object_top5"] == 1.0  # top-5 capped at 3 objects
+
+
+def test_import_does_not_pull_lightning_or_open_clip():
+    code = "import sys, evaluation; assert 'lightning' not in sys.modules and 'open_clip' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_real_open_clip_model_end_to_end(world, tmp_path):
+    open_clip = pytest.importorskip("open_clip")
+    from evaluation import OPENAI_IMAGENET_TEMPLATES
+
+    assert len(OPENAI_IMAGENET_TEMPLATES) == 80 and callable(OPENAI_IMAGENET_TEMPLATES[0])
+    torch.manual_seed(0)
+    model = open_clip.CLIP(
+        embed_dim=32,
+        vision_cfg=open_clip.CLIPVisionCfg(layers=1, width=32, patch_size=8, image_size=32, head_width=16),
+        text_cfg=open_clip.CLIPTextCfg(context_length=16, vocab_size=49408, width=32, heads=2, layers=1),
+    ).eval()
+    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=16)
+    result = evaluate_zero_shot(
+        model.encode_image, model.encode_text, tokenizer, _splits(world), SIMPLE_TEMPLATES,
+        batch_size=4, attribute_templates=OPENAI_IMAGENET_TEMPLATES[:3],
+    )
+    per_split = ["pair_top1", "pair_top5", "pair_top1_class_mean", "object_top1", "object_top5",
+                 "attribute_top1", "attribute_top5", "n_images", "n_pairs"]
+    expected = {f"{s}/{k}" for s in ("unseen", "seen") for k in per_split}
+    expected |= {"n_candidate_pairs", "chance/pair_top1", "chance/object_top1", "chance/attribute_top1"}
+    assert set(result.metrics) == expected
+    for s in ("unseen", "seen"):
+        for k in per_split[:7]:
+            assert 0.0 <= result.metrics[f"{s}/{k}"] <= 1.0
+        assert result.metrics[f"{s}/pair_top5"] >= result.metrics[f"{s}/pair_top1"]
+
+    paths = result.write(tmp_path / "out")
+    assert json.loads(paths["metrics"].read_text()) == result.metrics
+    with paths["table_csv"].open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 7 and set(rows[0]) == {
+        "split", "attribute", "object", "n", "pair_top1", "pair_top5", "object_top1", "attribute_top1"}
+    assert "unseen/pair_top1" in paths["table_md"].read_text()
+    assert isinstance(result, EvalResult) and "| red | sea lion |" in result.to_markdown()

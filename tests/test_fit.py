@@ -1,0 +1,55 @@
+"""`aotrain fit` end to end (smoke config): the run, its metrics and artifacts in a real MLflow store."""
+import json
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from conftest import run_cli
+
+EVAL_METRICS = [f"eval/{split}/{m}" for split in ("unseen", "seen")
+                for m in ("pair_top1", "pair_top5", "object_top1", "attribute_top1")]
+
+
+def _client(root: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
+
+
+def test_fit_prints_where_everything_is(smoke_fit):
+    root, proc = smoke_fit
+    for label in ("tracking URI", "MLflow run", "checkpoint", "eval/unseen/pair_top1".split("/", 1)[1]):
+        assert label in proc.stdout
+    summary = json.loads(next((root / "runs").glob("*/summary.json")).read_text())
+    assert Path(summary["last_checkpoint"]).is_file()
+    assert summary["tracking_uri"] == f"sqlite:///{root}/mlflow.db"
+
+
+def test_fit_writes_one_mlflow_run_with_params_metrics_artifacts(smoke_fit):
+    root, _ = smoke_fit
+    client = _client(root)
+    summary = json.loads(next((root / "runs").glob("toy_low_nmi-*/summary.json")).read_text())
+    run = client.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["recipe"] == "toy_low_nmi" and params["model"] == "toy-vit-micro"
+    assert params["world_joint"] == "uniform" and 0 <= float(params["data_nmi"]) < 1
+    for name in EVAL_METRICS:
+        assert 0.0 <= run.data.metrics[name] <= 1.0, name
+    # evaluated every 2 steps of 4: the history has both points
+    history = client.get_metric_history(run.info.run_id, "eval/unseen/pair_top1")
+    assert sorted(m.step for m in history) == [2, 4]
+    assert "train/loss" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "summary.json", "eval"} <= artifacts
+    eval_files = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "eval")}
+    assert {"metrics.json", "eval_table.csv"} <= eval_files
+
+
+def test_second_fit_reuses_the_world_and_adds_a_run(smoke_fit):
+    root, _ = smoke_fit
+    worlds = sorted((root / "toyworld").iterdir())
+    experiment = _client(root).get_experiment_by_name("aotrain")
+    before = len(_client(root).search_runs([experiment.experiment_id]))
+    proc = run_cli("fit", "debug=smoke", "trainer.max_steps=2", root=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted((root / "toyworld").iterdir()) == worlds  # cache hit, no second world
+    assert len(_client(root).search_runs([experiment.experiment_id])) == before + 1
