@@ -6,7 +6,9 @@
 """
 from __future__ import annotations
 
+import logging
 import sys
+import warnings
 
 from aotrain import __version__
 
@@ -85,6 +87,23 @@ def run(command: str, args: list[str]) -> int:
     return 0
 
 
+class _DropNoise(logging.Filter):
+    """Drops third-party chatter a user cannot act on (adverts, expected 'random init' notes)."""
+
+    NOISE = ("litlogger", "No pretrained weights loaded", "Tip: For seamless cloud logging")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(n in record.getMessage() for n in self.NOISE)
+
+
+def _quiet_third_party() -> None:
+    for name in ("", "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropNoise())
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_DropNoise())
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
+
+
 def raise_user(message: str):
     from aotrain.config import UserError
 
@@ -109,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from aotrain.config import UserError
 
+    _quiet_third_party()
     try:
         return run(command, args)
     except UserError as e:

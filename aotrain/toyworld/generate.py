@@ -14,13 +14,17 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import shutil
+import struct
+import tarfile
+import zlib
 from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
@@ -40,50 +44,82 @@ def load_world(path) -> dict:
         return json.load(f)
 
 
+def _png(img: np.ndarray) -> bytes:
+    """Minimal RGB PNG (filter 0 rows + zlib): same pixels as PIL's, ~5x faster for tiny images."""
+    h, w, _ = img.shape
+    rows = np.zeros((h, w * 3 + 1), np.uint8)  # a leading 0 byte per row = "no filter"
+    rows[:, 1:] = img.reshape(h, -1)
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    idat = zlib.compress(rows.tobytes(), 6)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
 def _encode(img: np.ndarray, fmt: str) -> bytes:
-    buf = io.BytesIO()
     if fmt == "png":
-        Image.fromarray(img).save(buf, format="PNG")
-    else:
-        Image.fromarray(img).save(buf, format="JPEG", quality=95)
+        return _png(img)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=95)
     return buf.getvalue()
 
 
-def _write_pool(out: Path, cfg: dict, plan: dict, bar) -> list[str]:
-    """Shards of samples_per_shard samples each; returns the shard file names."""
-    out.mkdir()
-    pool, seed = cfg["pool"], cfg["seed"]
-    per_shard, fmt = pool["samples_per_shard"], pool["image_format"]
-    digits = max(4, len(str(per_shard - 1)))
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    # fixed mtime/owner/mode: shard bytes depend only on the config
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o444, "toyworld", "toyworld"
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _write_shard(path: Path, cfg: dict, plan: dict, shard: int, pairs: np.ndarray, start: int) -> int:
+    """One tar shard holding samples start .. start+len(pairs)-1 of the pool; returns its size."""
+    seed, fmt = cfg["seed"], cfg["pool"]["image_format"]
+    digits = max(4, len(str(cfg["pool"]["samples_per_shard"] - 1)))
     attrs, objs, kinds = plan["attributes"], plan["objects"], plan["attribute_kinds"]
-    sizes: dict[str, int] = {}
-    writer = None
-    for index, (a, o) in enumerate(plan["sample_pairs"]):
-        shard, within = divmod(index, per_shard)
-        if within == 0:
-            if writer is not None:
-                writer.close()
-            name = f"shard-{shard:06d}.tar"
-            # mtime=0 and encoder=False (we pass bytes): shard bytes depend only on the config
-            writer = wds.TarWriter(str(out / name), mtime=0, encoder=False)
-            sizes[name] = 0
-        attr, obj = attrs[a], objs[o]
-        rng = rng_for(seed, POOL, index)  # per-sample stream: images do not depend on shard layout
-        image = render(obj, attr, kinds[attr], cfg["image_size"], rng)
-        caption = make_caption(attr, kinds[attr], obj, rng)
-        key = f"{shard:06d}{within:0{digits}d}"
-        meta = {
-            "uid": hashlib.sha256(f"toyworld-{seed}-{index}".encode()).hexdigest()[:32],
-            "key": key,
-            "caption": caption,
-            "attribute": attr,
-            "object": obj,
-            "attribute_kind": kinds[attr],
-        }
-        writer.write({"__key__": key, fmt: _encode(image, fmt), "txt": caption.encode(), "json": json.dumps(meta).encode()})
-        sizes[name] += 1
-        bar.update()
-    writer.close()
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for within, (a, o) in enumerate(pairs):
+            index, attr, obj = start + within, attrs[a], objs[o]
+            rng = rng_for(seed, POOL, index)  # per-sample stream: images do not depend on shard layout
+            image = render(obj, attr, kinds[attr], cfg["image_size"], rng)
+            caption = make_caption(attr, kinds[attr], obj, rng)
+            key = f"{shard:06d}{within:0{digits}d}"
+            meta = {
+                "uid": hashlib.sha256(f"toyworld-{seed}-{index}".encode()).hexdigest()[:32],
+                "key": key,
+                "caption": caption,
+                "attribute": attr,
+                "object": obj,
+                "attribute_kind": kinds[attr],
+            }
+            _add(tar, f"{key}.{fmt}", _encode(image, fmt))
+            _add(tar, f"{key}.txt", caption.encode())
+            _add(tar, f"{key}.json", json.dumps(meta).encode())
+    return len(pairs)
+
+
+def _write_pool(out: Path, cfg: dict, plan: dict, bar, workers: int) -> list[str]:
+    """Shards of samples_per_shard samples each, `workers` processes; returns the shard file names."""
+    out.mkdir()
+    per_shard = cfg["pool"]["samples_per_shard"]
+    pairs = plan["sample_pairs"]
+    small = {k: plan[k] for k in ("attributes", "objects", "attribute_kinds")}
+    jobs = [
+        (out / f"shard-{s:06d}.tar", cfg, small, s, pairs[start : start + per_shard], start)
+        for s, start in enumerate(range(0, len(pairs), per_shard))
+    ]
+    can_fork = "fork" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon
+    if workers > 1 and can_fork:
+        # fork, not spawn: spawn re-imports the caller's __main__ (breaks scripts without a main
+        # guard) and pays for imports; the children only run numpy/PIL, never torch or CUDA.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as ex:
+            for n in ex.map(_write_shard, *zip(*jobs)):
+                bar.update(n)
+    else:
+        for job in jobs:
+            bar.update(_write_shard(*job))
+    sizes = {job[0].name: len(job[4]) for job in jobs}
     (out / "sizes.json").write_text(json.dumps(sizes, indent=1))
     return list(sizes)
 
@@ -93,7 +129,9 @@ def _write_eval(out: Path, cfg: dict, plan: dict, bar) -> None:
     attrs, objs, kinds = plan["attributes"], plan["objects"], plan["attribute_kinds"]
     for split_id, (split, key) in enumerate([("unseen", "held_out_pairs"), ("seen", "seen_pairs")]):
         n = cfg["eval"][f"images_per_{split}_pair"]
-        for attr, obj in plan[key] if n else []:
+        if n == 0:
+            continue  # no empty class folders
+        for attr, obj in plan[key]:
             folder = out / split / f"{attr} {obj}"
             folder.mkdir(parents=True)
             for i in range(n):
@@ -118,8 +156,12 @@ def _publish(tmp: Path, final: Path) -> None:
         shutil.rmtree(tmp)
 
 
-def generate_world(cfg: Mapping, root, progress: bool = True) -> Path:
-    """Generate the world for `cfg` under `root` (or return it at once if it exists); returns its dir."""
+def generate_world(cfg: Mapping, root, progress: bool = True, workers: int | None = None) -> Path:
+    """Generate the world for `cfg` under `root` (or return it at once if it exists); returns its dir.
+
+    workers: processes writing pool shards; default one per CPU for pools of >= 10000 samples
+    (the output bytes do not depend on it).
+    """
     cfg = normalise_config(cfg)
     final = world_dir(root, cfg)
     if (final / WORLD_FILE).exists():
@@ -134,7 +176,10 @@ def generate_world(cfg: Mapping, root, progress: bool = True) -> Path:
         total = len(plan["sample_pairs"]) + ev["images_per_unseen_pair"] * len(plan["held_out_pairs"])
         total += ev["images_per_seen_pair"] * len(plan["seen_pairs"])
         with tqdm(total=total, disable=not progress, desc=f"toyworld {final.name}", unit="img") as bar:
-            shards = _write_pool(tmp / "pool", cfg, plan, bar)
+            if workers is None:
+                cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+                workers = min(cpus, 8) if len(plan["sample_pairs"]) >= 10000 else 1  # small: fork costs more
+            shards = _write_pool(tmp / "pool", cfg, plan, bar, workers)
             _write_eval(tmp / "imagenet_ao", cfg, plan, bar)
         counts = plan["counts"]
         info = {

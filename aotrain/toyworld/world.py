@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import numbers
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -241,8 +240,3 @@ def plan_world(cfg: dict) -> dict:
         "sample_pairs": pairs,
     }
 
-
-def ceil_held_per_attribute(cfg: dict) -> int:
-    """The spread bound: no attribute is held out for more than this many objects."""
-    n_attr = sum(len(v) for v in cfg["attributes"].values())
-    return math.ceil(len(cfg["objects"]) * cfg["held_out_per_object"] / n_attr)
