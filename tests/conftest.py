@@ -13,9 +13,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 def run_cli(*args: str, root: Path | None = None, env: dict | None = None, timeout: int = 600):
     """Run `aotrain ARGS` in a subprocess (as a user would) and return the CompletedProcess."""
-    full_env = {**os.environ, **(env or {})}
-    full_env.pop("MLFLOW_TRACKING_URI", None)
-    full_env.pop("AOTRAIN_RUN_ID", None)
+    # The caller's environment must not leak a tracking server or a parent's run id into the test.
+    full_env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "AOTRAIN_RUN_ID")}
+    full_env.update(env or {})
     if root is not None:
         full_env["AOTRAIN_OUTPUT"] = str(root)
     return subprocess.run([sys.executable, "-m", "aotrain.cli", *args], capture_output=True, text=True,

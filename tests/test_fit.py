@@ -44,12 +44,19 @@ def test_fit_writes_one_mlflow_run_with_params_metrics_artifacts(smoke_fit):
     assert {"metrics.json", "eval_table.csv"} <= eval_files
 
 
-def test_second_fit_reuses_the_world_and_adds_a_run(smoke_fit):
+def test_same_config_and_seed_give_the_same_numbers_and_reuse_the_world(smoke_fit):
     root, _ = smoke_fit
     worlds = sorted((root / "toyworld").iterdir())
-    experiment = _client(root).get_experiment_by_name("aotrain")
-    before = len(_client(root).search_runs([experiment.experiment_id]))
-    proc = run_cli("fit", "debug=smoke", "trainer.max_steps=2", root=root)
+    client = _client(root)
+    experiment = client.get_experiment_by_name("aotrain")
+    before = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    proc = run_cli("fit", "debug=smoke", root=root)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted((root / "toyworld").iterdir()) == worlds  # cache hit, no second world
-    assert len(_client(root).search_runs([experiment.experiment_id])) == before + 1
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    assert len(runs) == len(before) + 1
+    first, again = runs[0], runs[-1]
+    for name in ["train/loss", *EVAL_METRICS]:
+        a = [m.value for m in client.get_metric_history(first.info.run_id, name)]
+        b = [m.value for m in client.get_metric_history(again.info.run_id, name)]
+        assert a == b, name
