@@ -23,13 +23,16 @@ commands:
 
 Run `aotrain COMMAND --help` for recipes and options."""
 
+# What `aotrain fit` runs when no recipe is named: the embedded default.
+DEFAULT_RECIPE = "toy_low_nmi"
+
 MAIN_OPTIONS = [
-    ("recipe=NAME", "what to run (see the list above)"),
+    ("recipe=NAME", f"what to run (see the list above; default {DEFAULT_RECIPE}, recipe=null for none)"),
     ("seed=INT", "seed for data order, initialisation and the toy world's sampling"),
     ("trainer.max_steps=INT", "optimizer steps"),
     ("trainer.devices=INT", "processes (CPU) or GPUs on this node"),
     ("data.batch_size=INT", "batch size per process"),
-    ("data.pool=PATH", "a folder of webdataset shards (real data; with world=null)"),
+    ("data.pool=PATH", "a folder of webdataset shards (real data; with ~world)"),
     ("optim.lr=FLOAT", "peak learning rate (linear warmup, cosine decay)"),
     ("world.pool.joint=uniform|skewed", "the toy world's training joint of attributes and objects"),
     ("eval.every_n_steps=INT", "zero-shot evaluation interval (0: at the end only)"),
@@ -69,6 +72,8 @@ def run(command: str, args: list[str]) -> int:
     unknown = [a for a in overrides if a.startswith("-")]
     if unknown:
         raise_user(f"unknown option {unknown[0]}; see `aotrain {command} --help`")
+    if not any(o.lstrip("~+").startswith("recipe") for o in overrides):
+        overrides = [f"recipe={DEFAULT_RECIPE}", *overrides]
     cfg = compose(overrides)
     if print_config:
         print(OmegaConf.to_yaml(cfg))
@@ -77,7 +82,7 @@ def run(command: str, args: list[str]) -> int:
         from aotrain.train import prepare
 
         prepare(cfg)
-        print(cfg.world_dir if cfg.world is not None else "this config has no toy world (world=null)")
+        print(cfg.world_dir if cfg.get("world") is not None else "this config has no toy world (~world)")
         return 0
     from aotrain.train import fit, format_summary
 

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import hydra
+import yaml
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -42,10 +43,27 @@ def describe(group: str, option: str) -> str:
     return ""
 
 
+def _null_groups(overrides) -> list[str]:
+    """`GROUP=null` -> drop the group (`~GROUP`), or nothing for a group whose default is already null;
+    Hydra itself only accepts the `~` form."""
+    defaults = yaml.safe_load((RECIPES_DIR / "config.yaml").read_text()).get("defaults", [])
+    null_by_default = {k for d in defaults if isinstance(d, dict) for k, v in d.items() if v is None}
+    out = []
+    for o in overrides:
+        group, _, value = o.partition("=")
+        if value.lower() in ("null", "none") and (RECIPES_DIR / group).is_dir():
+            if group not in null_by_default:
+                out.append(f"~{group}")
+            continue
+        out.append(o)
+    return out
+
+
 def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "config") -> DictConfig:
     """The composed config for `overrides`; UserError (short, names the bad key/choice) on mistakes."""
     if not RECIPES_DIR.is_dir():
         raise UserError(f"recipes folder not found: {RECIPES_DIR} (set AOTRAIN_RECIPES)")
+    overrides = _null_groups(overrides)
     try:
         with hydra.initialize_config_dir(config_dir=str(RECIPES_DIR), version_base="1.3"):
             return hydra.compose(config_name=config_name, overrides=list(overrides))

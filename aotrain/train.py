@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+from hydra.errors import InstantiationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import OmegaConf
 
@@ -37,15 +38,31 @@ def prepare(cfg) -> dict | None:
     """Fill in run_id and world_dir (generating the toy world when missing), then resolve everything."""
     cfg.run_id = cfg.run_id or _launch_id()
     world = None
-    if cfg.world is not None:
+    if cfg.get("world") is not None:
+        if "objects" not in cfg.world:  # `~world` dropped the group but a toy recipe re-added a piece
+            raise UserError(f"recipe {cfg.name} trains on the toy world, which ~world removed; "
+                            "for real data use recipe=null ~world data.pool=... (or a real-data recipe)")
         try:
             world_path = generate_world(to_dict(cfg.world), cfg.paths.world_root)
         except ValueError as e:
             raise UserError(f"world: {e}") from None
         cfg.world_dir = str(world_path)
         world = load_world(world_path)
+    else:
+        _require_real_paths(cfg)
     resolve(cfg)
     return world
+
+
+def _require_real_paths(cfg) -> None:
+    """Without a toy world, paths that default to the world's folders must be given."""
+    needed = {"data.pool": "set data.pool=/path/to/shards",
+              "eval.benchmarks": "set eval.benchmarks={unseen:/path/to/ImageNet-AO}"}
+    for key, advice in needed.items():
+        group, field = key.split(".")
+        unresolved = OmegaConf.to_container(cfg[group], resolve=False)[field]
+        if "${world_dir}" in str(unresolved):
+            raise UserError(f"no toy world (~world) but {key} points into it: {advice}")
 
 
 def build_callbacks(cfg, run_dir: Path) -> list:
@@ -68,8 +85,10 @@ def fit(cfg) -> dict:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     try:
         datamodule = instantiate(cfg.data)
-    except FileNotFoundError as e:
-        raise UserError(f"data: {e}") from None
+    except InstantiationException as e:
+        if isinstance(e.__cause__, FileNotFoundError):
+            raise UserError(f"data: {e.__cause__}") from None
+        raise
     module = instantiate(cfg.module)
     logger = make_logger(cfg, run_name=run_dir.name)
     callbacks = build_callbacks(cfg, run_dir)

@@ -43,3 +43,19 @@ def test_print_config_shows_the_recipe(tmp_path):
     proc = run_cli("fit", "recipe=toy_high_nmi", "--print-config", root=tmp_path)
     assert proc.returncode == 0
     assert "joint: skewed" in proc.stdout and "name: toy_high_nmi" in proc.stdout
+
+
+def test_real_data_without_a_pool_says_what_to_set(tmp_path):
+    proc = run_cli("fit", "recipe=null", "~world", root=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert "data.pool" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("fit", "recipe=null", "~world", f"data.pool={tmp_path}/nowhere",
+                   f"eval.benchmarks={{unseen:{tmp_path},seen:{tmp_path}}}", root=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert "pool folder not found" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("fit", "~world", root=tmp_path, timeout=120)  # the default recipe needs the toy world
+    assert proc.returncode == 2
+    assert "recipe=null" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("fit", "recipe=null", "world=null", root=tmp_path, timeout=120)  # same as ~world
+    assert proc.returncode == 2
+    assert "data.pool" in proc.stderr and "Traceback" not in proc.stderr
