@@ -20,8 +20,7 @@ commands:
   fit      train a recipe (default: toy_low_nmi on the built-in toy world), evaluate it
            zero-shot on ImageNet-AO-format folders and log everything to MLflow
   world    generate (or find) the toy world of a recipe and print its folder
-
-Run `aotrain COMMAND --help` for recipes and options."""
+"""
 
 # What `aotrain fit` runs when no recipe is named: the embedded default.
 DEFAULT_RECIPE = "toy_low_nmi"
@@ -43,23 +42,27 @@ MAIN_OPTIONS = [
 ]
 
 
-def command_help(command: str) -> str:
+def recipes_and_options() -> list[str]:
     from aotrain.config import describe, group_options, groups
 
-    intro = {
-        "fit": "usage: aotrain fit [--print-config] [recipe=NAME] [KEY=VALUE ...]\n\n"
-               "Train a CLIP from scratch, evaluate it zero-shot and log the run to MLflow.",
-        "world": "usage: aotrain world [recipe=NAME] [KEY=VALUE ...]\n\n"
-                 "Generate the recipe's toy world (pool shards + ImageNet-AO folders) if missing.",
-    }[command]
-    lines = [intro, "", "recipes:"]
+    lines = ["recipes:"]
     lines += [f"  {r:<22}{describe('recipe', r)}" for r in group_options("recipe")]
     lines += ["", "config groups (GROUP=CHOICE):"]
     lines += [f"  {g:<22}{', '.join(group_options(g))}" for g in groups() if g != "recipe"]
     lines += ["", "main options:"]
     lines += [f"  {k:<34}{v}" for k, v in MAIN_OPTIONS]
     lines += ["", "Any key of the composed config can be set as KEY=VALUE (see --print-config)."]
-    return "\n".join(lines)
+    return lines
+
+
+def command_help(command: str) -> str:
+    intro = {
+        "fit": "usage: aotrain fit [--print-config] [recipe=NAME] [KEY=VALUE ...]\n\n"
+               "Train a CLIP from scratch, evaluate it zero-shot and log the run to MLflow.",
+        "world": "usage: aotrain world [recipe=NAME] [KEY=VALUE ...]\n\n"
+                 "Generate the recipe's toy world (pool shards + ImageNet-AO folders) if missing.",
+    }[command]
+    return "\n".join([intro, "", *recipes_and_options()])
 
 
 def run(command: str, args: list[str]) -> int:
@@ -118,7 +121,7 @@ def raise_user(message: str):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
+        print("\n".join([USAGE, "", *recipes_and_options()]))
         return 0
     if argv[0] == "--version":
         print(f"aotrain {__version__}")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import hydra
 import yaml
-from hydra.errors import HydraException
+from hydra.errors import HydraException, InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -105,5 +105,16 @@ def to_dict(node) -> dict:
 
 
 def instantiate(node, **kwargs):
-    """Build the object a `_target_` node names (hydra.utils.instantiate); extra kwargs win."""
-    return hydra.utils.instantiate(node, _convert_="all", **kwargs)
+    """Build the object a `_target_` node names (hydra.utils.instantiate); extra kwargs win.
+
+    A constructor's refusal of a config value (TypeError/ValueError/FileNotFoundError) becomes a
+    UserError naming the config section, since it is the user's value that was wrong.
+    """
+    try:
+        return hydra.utils.instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, (TypeError, ValueError, FileNotFoundError)):
+            section = node._key() if isinstance(node, DictConfig) else node.get("_target_")
+            raise UserError(f"{section}: {cause}") from None
+        raise

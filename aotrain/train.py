@@ -13,17 +13,16 @@ import time
 from pathlib import Path
 
 import lightning as L
-from hydra.errors import InstantiationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import OmegaConf
 
+from aotrain import towers
 from aotrain.callbacks.zero_shot import ZeroShotEvaluation
 from aotrain.config import UserError, instantiate, resolve, to_dict
 from aotrain.toyworld import generate_world, load_world
 from aotrain.tracking import curated_params, log_artifacts, make_logger
 
-HEADLINE = ("unseen/pair_top1", "seen/pair_top1", "unseen/object_top1", "unseen/attribute_top1",
-            "chance/pair_top1")
+HEADLINE = ("/pair_top1", "/object_top1", "/attribute_top1")  # printed for every split, and chance
 
 
 def _launch_id() -> str:
@@ -39,9 +38,9 @@ def prepare(cfg) -> dict | None:
     cfg.run_id = cfg.run_id or _launch_id()
     world = None
     if cfg.get("world") is not None:
-        if "objects" not in cfg.world:  # `~world` dropped the group but a toy recipe re-added a piece
-            raise UserError(f"recipe {cfg.name} trains on the toy world, which ~world removed; "
-                            "for real data use recipe=null ~world data.pool=... (or a real-data recipe)")
+        if "objects" not in cfg.world:  # `~world` dropped the group but a recipe re-added a piece
+            raise UserError(f"recipe {cfg.name} (or debug=...) sets toy-world keys, but ~world removed the "
+                            "toy world; for real data use recipe=null ~world data.pool=... eval=imagenet_ao")
         try:
             world_path = generate_world(to_dict(cfg.world), cfg.paths.world_root)
         except ValueError as e:
@@ -50,6 +49,10 @@ def prepare(cfg) -> dict | None:
         world = load_world(world_path)
     else:
         _require_real_paths(cfg)
+    try:
+        towers.model_config(cfg.model.name)
+    except ValueError as e:
+        raise UserError(f"model.name: {e}") from None
     resolve(cfg)
     return world
 
@@ -57,7 +60,7 @@ def prepare(cfg) -> dict | None:
 def _require_real_paths(cfg) -> None:
     """Without a toy world, paths that default to the world's folders must be given."""
     needed = {"data.pool": "set data.pool=/path/to/shards",
-              "eval.benchmarks": "set eval.benchmarks={unseen:/path/to/ImageNet-AO}"}
+              "eval.benchmarks": "use eval=imagenet_ao eval.benchmarks.imagenet_ao=/path/to/ImageNet-AO"}
     for key, advice in needed.items():
         group, field = key.split(".")
         unresolved = OmegaConf.to_container(cfg[group], resolve=False)[field]
@@ -71,7 +74,8 @@ def build_callbacks(cfg, run_dir: Path) -> list:
         ZeroShotEvaluation(cfg.eval.benchmarks, cfg.eval.templates, cfg.model.name, str(run_dir),
                            every_n_steps=cfg.eval.every_n_steps, batch_size=cfg.eval.batch_size,
                            num_workers=cfg.eval.num_workers),
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-{step}", save_last=True,
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-{step}" if cfg.eval.checkpoint_monitor
+                        else "{step}", save_last=True,
                         monitor=cfg.eval.checkpoint_monitor, mode="max", save_top_k=1,
                         every_n_train_steps=every),
         LearningRateMonitor(logging_interval="step"),
@@ -83,12 +87,7 @@ def fit(cfg) -> dict:
     world = prepare(cfg)
     run_dir = Path(cfg.paths.run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    try:
-        datamodule = instantiate(cfg.data)
-    except InstantiationException as e:
-        if isinstance(e.__cause__, FileNotFoundError):
-            raise UserError(f"data: {e.__cause__}") from None
-        raise
+    datamodule = instantiate(cfg.data)
     module = instantiate(cfg.module)
     logger = make_logger(cfg, run_name=run_dir.name)
     callbacks = build_callbacks(cfg, run_dir)
@@ -113,7 +112,7 @@ def fit(cfg) -> dict:
         "last_checkpoint": checkpoint.last_model_path,
         "best_checkpoint": checkpoint.best_model_path,
         "steps": trainer.global_step,
-        "metrics": {k: evaluation.metrics[k] for k in HEADLINE if k in evaluation.metrics} if evaluation else {},
+        "metrics": {k: v for k, v in evaluation.metrics.items() if k.endswith(HEADLINE)} if evaluation else {},
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     log_artifacts(logger, [run_dir / "config.yaml", run_dir / "summary.json", run_dir / "eval"])

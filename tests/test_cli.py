@@ -5,6 +5,7 @@ from conftest import run_cli
 def test_help_lists_commands_and_recipes():
     top = run_cli("--help")
     assert top.returncode == 0 and "fit" in top.stdout and "world" in top.stdout
+    assert "toy_low_nmi" in top.stdout and "trainer.max_steps" in top.stdout
     fit = run_cli("fit", "--help")
     assert fit.returncode == 0
     for expected in ("toy_low_nmi", "toy_high_nmi", "trainer.max_steps", "debug=smoke"):
@@ -50,7 +51,7 @@ def test_real_data_without_a_pool_says_what_to_set(tmp_path):
     assert proc.returncode == 2
     assert "data.pool" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli("fit", "recipe=null", "~world", f"data.pool={tmp_path}/nowhere",
-                   f"eval.benchmarks={{unseen:{tmp_path},seen:{tmp_path}}}", root=tmp_path, timeout=120)
+                   "eval=imagenet_ao", f"eval.benchmarks.imagenet_ao={tmp_path}", root=tmp_path, timeout=120)
     assert proc.returncode == 2
     assert "pool folder not found" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli("fit", "~world", root=tmp_path, timeout=120)  # the default recipe needs the toy world
@@ -59,3 +60,11 @@ def test_real_data_without_a_pool_says_what_to_set(tmp_path):
     proc = run_cli("fit", "recipe=null", "world=null", root=tmp_path, timeout=120)  # same as ~world
     assert proc.returncode == 2
     assert "data.pool" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bad_values_are_short_errors(tmp_path):
+    proc = run_cli("fit", "debug=smoke", "model.name=ViT-Q-99", root=tmp_path, timeout=120)
+    assert proc.returncode == 2 and "ViT-Q-99" in proc.stderr and "toy-vit-tiny" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = run_cli("fit", "debug=smoke", "trainer.precision=17-fancy", root=tmp_path, timeout=120)
+    assert proc.returncode == 2 and "precision" in proc.stderr and "Traceback" not in proc.stderr

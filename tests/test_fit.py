@@ -60,3 +60,18 @@ def test_same_config_and_seed_give_the_same_numbers_and_reuse_the_world(smoke_fi
         a = [m.value for m in client.get_metric_history(first.info.run_id, name)]
         b = [m.value for m in client.get_metric_history(again.info.run_id, name)]
         assert a == b, name
+
+
+def test_real_data_path_trains_on_given_shards_and_benchmark(smoke_fit, tmp_path):
+    """No toy world: a pool folder and an ImageNet-AO folder given by path, as for CC12M."""
+    world = next((smoke_fit[0] / "toyworld").iterdir())
+    proc = run_cli("fit", "recipe=null", "~world", f"data.pool={world}/pool", "eval=imagenet_ao",
+                   f"eval.benchmarks.imagenet_ao={world}/imagenet_ao/unseen", "model.name=toy-vit-micro",
+                   "data.batch_size=32", "data.num_workers=0", "trainer.max_steps=2", "eval.num_workers=0",
+                   "trainer.enable_progress_bar=false", root=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (tmp_path / "toyworld").exists()
+    summary = json.loads(next((tmp_path / "runs").glob("run-*/summary.json")).read_text())
+    assert 0 <= summary["metrics"]["imagenet_ao/pair_top1"] <= 1
+    run = _client(tmp_path).get_run(summary["run_id"])
+    assert run.data.params["data_pool"] == f"{world}/pool" and "data_nmi" not in run.data.params
