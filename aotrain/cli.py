@@ -3,6 +3,7 @@
     aotrain fit [recipe=NAME] [KEY=VALUE ...]    train + evaluate; Hydra overrides
     aotrain world [recipe=NAME] [KEY=VALUE ...]  generate (or find) the toy world only
     aotrain fit --help                           recipes, config groups and main options
+    aotrain filter stats|label|select|reshard    caption statistics and subset selection
 """
 from __future__ import annotations
 
@@ -20,7 +21,17 @@ commands:
   fit      train a recipe (default: toy_low_nmi on the built-in toy world), evaluate it
            zero-shot on ImageNet-AO-format folders and log everything to MLflow
   world    generate (or find) the toy world of a recipe and print its folder
+  filter   caption-side tools: stats (NMI of a caption set), label (pairs per caption),
+           select (subsets at a target NMI), reshard (shards holding exactly a subset)
 """
+
+# `aotrain filter SUB ...` runs Lightning-free tools in data_filters/ (argparse flags, not Hydra).
+FILTER_COMMANDS = {
+    "stats": ("data_filters.stats_cli", "main", "count attribute-object pairs in captions; entropies, MI, NMI"),
+    "label": ("data_filters.label", "label_main", "one (uid, attribute, object) row per labelled caption"),
+    "select": ("data_filters.select_cli", "select_main", "subsets of a labelled pool at a size and target NMI"),
+    "reshard": ("data_filters.select_cli", "reshard_main", "webdataset shards holding exactly a subset's uids"),
+}
 
 # What `aotrain fit` runs when no recipe is named: the embedded default.
 DEFAULT_RECIPE = "toy_low_nmi"
@@ -118,6 +129,21 @@ def raise_user(message: str):
     raise UserError(message)
 
 
+def run_filter(args: list[str]) -> int:
+    import importlib
+
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: aotrain filter COMMAND [--help] ...\n\ncommands:")
+        print("\n".join(f"  {name:<9}{doc}" for name, (_, _, doc) in FILTER_COMMANDS.items()))
+        return 0
+    if args[0] not in FILTER_COMMANDS:
+        print(f"aotrain filter: error: unknown command {args[0]!r}; choose {', '.join(FILTER_COMMANDS)}",
+              file=sys.stderr)
+        return 2
+    module, function, _ = FILTER_COMMANDS[args[0]]
+    return getattr(importlib.import_module(module), function)(args[1:])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -127,8 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aotrain {__version__}")
         return 0
     command, args = argv[0], argv[1:]
+    if command == "filter":
+        return run_filter(args)
     if command not in ("fit", "world"):
-        print(f"aotrain: error: unknown command {command!r}; choose fit or world (aotrain --help)",
+        print(f"aotrain: error: unknown command {command!r}; choose fit, world or filter (aotrain --help)",
               file=sys.stderr)
         return 2
     if "-h" in args or "--help" in args:

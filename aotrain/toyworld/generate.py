@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from data_filters.files import add_tar_member
 from data_filters.nmi import joint_stats
 
 from .captions import make_caption, plural
@@ -66,13 +67,6 @@ def _encode(img: np.ndarray, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    # fixed mtime/owner/mode: shard bytes depend only on the config
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o444, "toyworld", "toyworld"
-    tar.addfile(info, io.BytesIO(data))
-
-
 def _write_shard(path: Path, cfg: dict, plan: dict, shard: int, pairs: np.ndarray, start: int) -> int:
     """One tar shard holding samples start .. start+len(pairs)-1 of the pool; returns its size."""
     seed, fmt = cfg["seed"], cfg["pool"]["image_format"]
@@ -93,9 +87,9 @@ def _write_shard(path: Path, cfg: dict, plan: dict, shard: int, pairs: np.ndarra
                 "object": obj,
                 "attribute_kind": kinds[attr],
             }
-            _add(tar, f"{key}.{fmt}", _encode(image, fmt))
-            _add(tar, f"{key}.txt", caption.encode())
-            _add(tar, f"{key}.json", json.dumps(meta).encode())
+            add_tar_member(tar, f"{key}.{fmt}", _encode(image, fmt))
+            add_tar_member(tar, f"{key}.txt", caption.encode())
+            add_tar_member(tar, f"{key}.json", json.dumps(meta).encode())
     return len(pairs)
 
 

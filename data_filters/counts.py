@@ -1,0 +1,189 @@
+"""Mergeable streaming attribute x object counts over captions, and their NMI statistics.
+
+    python -c "from data_filters.counts import count_files; print(count_files(['pool/'], 'builtin').stats()['nmi'])"
+
+Counting policy: every caption adds 1 to n_captions. A caption whose pairs (data_filters.parse)
+contain exactly one distinct (attribute, object) pair is *labelled* and adds 1 to the joint
+table that the NMI is computed from. Captions with several distinct pairs are ambiguous: they
+count in n_multi_pair and their pairs go to `all_pairs` (every distinct pair per caption, all
+captions), but not into the joint table.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+from collections import Counter
+from collections.abc import Iterable
+
+import numpy as np
+
+from .nmi import joint_stats
+from .parse import CaptionParser
+
+
+class PairCounts:
+    """Streaming counts; `attributes`/`objects` (optional) fix the row/column order of table()."""
+
+    def __init__(self, attributes: list[str] | None = None, objects: list[str] | None = None):
+        self.attributes, self.objects = list(attributes or []), list(objects or [])
+        self.n_captions = self.n_with_pair = self.n_multi_pair = self.n_malformed = 0
+        self.joint: Counter = Counter()  # (attribute, object) -> labelled captions
+        self.all_pairs: Counter = Counter()  # (attribute, object) -> captions containing it
+
+    def add(self, pairs: list[tuple[str, str]]) -> None:
+        """Count one caption from its parsed pairs."""
+        self.n_captions += 1
+        if not pairs:
+            return
+        self.n_with_pair += 1
+        distinct = set(pairs)
+        self.all_pairs.update(distinct)
+        if len(distinct) == 1:
+            self.joint[pairs[0]] += 1
+        else:
+            self.n_multi_pair += 1
+
+    def merge(self, other: "PairCounts") -> "PairCounts":
+        """Add `other` into self (returns self)."""
+        for name in ("n_captions", "n_with_pair", "n_multi_pair", "n_malformed"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.joint.update(other.joint)
+        self.all_pairs.update(other.all_pairs)
+        self.attributes = self.attributes or other.attributes
+        self.objects = self.objects or other.objects
+        return self
+
+    @property
+    def n_labelled(self) -> int:
+        return sum(self.joint.values())
+
+    def table(self) -> tuple[list[str], list[str], np.ndarray]:
+        """(attributes, objects, counts[A, O]) over names seen in the joint, in vocabulary order."""
+        seen_a = {a for a, _ in self.joint}
+        seen_o = {o for _, o in self.joint}
+        order_a = {n: i for i, n in enumerate(self.attributes)}
+        order_o = {n: i for i, n in enumerate(self.objects)}
+        attrs = sorted(seen_a, key=lambda n: (order_a.get(n, len(order_a)), n))
+        objs = sorted(seen_o, key=lambda n: (order_o.get(n, len(order_o)), n))
+        ia = {n: i for i, n in enumerate(attrs)}
+        io = {n: i for i, n in enumerate(objs)}
+        counts = np.zeros((len(attrs), len(objs)), dtype=np.int64)
+        for (a, o), c in self.joint.items():
+            counts[ia[a], io[o]] = c
+        return attrs, objs, counts
+
+    def stats(self, normaliser: str = "arithmetic") -> dict:
+        """Summary dict; entropy/MI/NMI keys are None when no caption was labelled."""
+        attrs, objs, counts = self.table()
+        out = {
+            "n_captions": self.n_captions,
+            "n_with_pair": self.n_with_pair,
+            "n_labelled": self.n_labelled,
+            "n_multi_pair": self.n_multi_pair,
+            "n_malformed": self.n_malformed,
+            "fraction_with_pair": self.n_with_pair / self.n_captions if self.n_captions else 0.0,
+            "fraction_labelled": self.n_labelled / self.n_captions if self.n_captions else 0.0,
+        }
+        if counts.sum() > 0:
+            js = joint_stats(counts, normaliser)
+            per_object = {o: int(k) for o, k in zip(objs, (counts > 0).sum(axis=0))}
+            k = np.array(list(per_object.values()))
+            diversity = {"mean": float(k.mean()), "min": int(k.min()), "max": int(k.max()), "per_object": per_object}
+        else:
+            js = dict.fromkeys(("n", "h_attribute", "h_object", "h_joint", "mi", "nmi"))
+            js.update(normaliser=normaliser, distinct_pairs=0)
+            diversity = {"mean": None, "min": None, "max": None, "per_object": {}}
+        out.update(js)
+        out["attributes_per_object"] = diversity
+        out["n_attributes_seen"], out["n_objects_seen"] = len(attrs), len(objs)
+        return out
+
+    # ------------------------------------------------------------ serialisation
+    def to_json(self) -> str:
+        pairs = lambda c: [[a, o, n] for (a, o), n in sorted(c.items())]
+        return json.dumps({
+            "attributes": self.attributes, "objects": self.objects,
+            "n_captions": self.n_captions, "n_with_pair": self.n_with_pair,
+            "n_multi_pair": self.n_multi_pair, "n_malformed": self.n_malformed,
+            "joint": pairs(self.joint), "all_pairs": pairs(self.all_pairs),
+        })
+
+    @classmethod
+    def from_json(cls, text: str) -> "PairCounts":
+        d = json.loads(text)
+        pc = cls(d["attributes"], d["objects"])
+        for name in ("n_captions", "n_with_pair", "n_multi_pair", "n_malformed"):
+            setattr(pc, name, d[name])
+        pc.joint = Counter({(a, o): n for a, o, n in d["joint"]})
+        pc.all_pairs = Counter({(a, o): n for a, o, n in d["all_pairs"]})
+        return pc
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, PairCounts) and self.to_json() == other.to_json()
+
+
+def count_captions(captions: Iterable, parser: CaptionParser) -> PairCounts:
+    """Count an iterable of captions or (uid, caption) tuples; adds `.malformed` of a CaptionStream."""
+    counts = PairCounts(parser.vocab.attributes, parser.vocab.objects)
+    parse, joint, all_pairs = parser.pairs, counts.joint, counts.all_pairs
+    n = with_pair = multi = 0
+    # Same policy as PairCounts.add, inlined with local variables: this loop runs per caption.
+    for item in captions:
+        n += 1
+        pairs = parse(item[1] if item.__class__ is tuple else item)
+        if pairs:
+            with_pair += 1
+            first = pairs[0]
+            if len(pairs) == 1 or all(p == first for p in pairs):
+                joint[first] = joint.get(first, 0) + 1
+                all_pairs[first] = all_pairs.get(first, 0) + 1
+            else:
+                multi += 1
+                for p in set(pairs):
+                    all_pairs[p] = all_pairs.get(p, 0) + 1
+    counts.n_captions, counts.n_with_pair, counts.n_multi_pair = n, with_pair, multi
+    counts.n_malformed += getattr(captions, "malformed", 0)
+    return counts
+
+
+# ------------------------------------------------------------ parallel over files
+_WORKER: dict = {}
+
+
+def _init_worker(vocab_spec: str, window: int) -> None:
+    from .vocab import load_vocabulary
+    _WORKER["parser"] = CaptionParser(load_vocabulary(vocab_spec), window)
+
+
+def _count_file(job) -> PairCounts:
+    path, source_kwargs = job
+    from .sources import iter_captions
+    return count_captions(iter_captions(path, **source_kwargs), _WORKER["parser"])
+
+
+def count_files(paths, vocab_spec: str, workers: int = 2, window: int = 2, **source_kwargs) -> PairCounts:
+    """Count every caption in `paths` (files/dirs), one file per task over `workers` forked processes.
+
+    source_kwargs go to sources.iter_captions (uid_column, caption_column). Missing paths raise
+    FileNotFoundError here, before any process starts.
+    """
+    from .sources import expand_paths
+    from .vocab import load_vocabulary
+    files = expand_paths(paths)
+    jobs = [(f, source_kwargs) for f in files]
+    workers = max(1, min(workers, len(files)))
+    can_fork = "fork" in multiprocessing.get_all_start_methods()
+    if workers == 1 or not can_fork:
+        _init_worker(vocab_spec, window)
+        parts = map(_count_file, jobs)
+        total = PairCounts(_WORKER["parser"].vocab.attributes, _WORKER["parser"].vocab.objects)
+        for part in parts:
+            total.merge(part)
+        return total
+    vocab = load_vocabulary(vocab_spec)  # fails fast on a bad spec, in the parent
+    total = PairCounts(vocab.attributes, vocab.objects)
+    # fork: children inherit the imports; data_filters never loads torch, so forking is safe.
+    with multiprocessing.get_context("fork").Pool(workers, _init_worker, (vocab_spec, window)) as pool:
+        for part in pool.imap(_count_file, jobs):
+            total.merge(part)
+    return total

@@ -1,0 +1,161 @@
+"""Command-line front ends for subset selection and resharding (wired as `aotrain filter select|reshard`).
+
+    python -m data_filters.select_cli select labels.parquet --size 2000 --nmi 0.05 0.2 --out subsets
+    python -m data_filters.select_cli reshard subsets/nmi-0.05/subset.npy --shards pool --out shards-0.05
+
+Bad inputs print one line to stderr and return 2, with nothing written.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+from data_filters.nmi import NORMALISERS
+
+SELECT_EPILOG = """\
+LABELS.parquet needs columns uid, attribute, object (one row per sample). With one --nmi value the
+subset goes to OUT/{subset.npy,subset.parquet,manifest.json}; with several, to OUT/nmi-<target>/...
+All targets share the same attribute and object counts unless --free-marginals.
+"""
+
+
+def _select_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aotrain filter select", epilog=SELECT_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Pick pool subsets of a fixed size whose attribute-object NMI hits targets.")
+    p.add_argument("labels", help="parquet file with columns uid, attribute, object")
+    p.add_argument("--size", type=int, required=True, help="samples per subset")
+    p.add_argument("--nmi", type=float, nargs="+", required=True, metavar="TARGET", help="NMI target(s) in [0, 1]")
+    p.add_argument("--out", required=True, help="output folder (must not exist)")
+    p.add_argument("--seed", type=int, default=0, help="seed for which uids fill each pair (default 0)")
+    p.add_argument("--free-marginals", action="store_true",
+                   help="let attribute/object frequencies change with the target (wider NMI range)")
+    p.add_argument("--allow-repeats", action="store_true", help="upsample: a uid may appear several times")
+    p.add_argument("--normaliser", default="arithmetic", choices=NORMALISERS, help="NMI normaliser (default arithmetic)")
+    p.add_argument("--tol", type=float, default=0.005, help="allowed |NMI - target| (default 0.005)")
+    return p
+
+
+def load_labels(path):
+    """(uids, attr_idx, obj_idx, attributes, objects) from a labels parquet; ValueError if unusable."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"labels file not found: {path}")
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for a non-parquet file
+        raise ValueError(f"cannot read {path} as parquet: {e}") from None
+    missing = [c for c in ("uid", "attribute", "object") if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{path} lacks column(s) {', '.join(missing)} (has {', '.join(table.column_names)})")
+    if table.num_rows == 0:
+        raise ValueError(f"{path} has no rows: the pool is empty")
+    cols = {c: table.column(c).to_pylist() for c in ("uid", "attribute", "object")}
+    if any(v is None for col in cols.values() for v in col):
+        raise ValueError(f"{path} has empty (null) uid, attribute or object values")
+    uids = np.asarray(cols["uid"])
+    if uids.dtype.kind not in "iuU":
+        uids = np.asarray([str(u) for u in cols["uid"]])
+    attributes, attr_idx = np.unique(np.asarray(cols["attribute"], dtype=str), return_inverse=True)
+    objects, obj_idx = np.unique(np.asarray(cols["object"], dtype=str), return_inverse=True)
+    return uids, attr_idx, obj_idx, attributes.tolist(), objects.tolist()
+
+
+def _tv(p: dict, q: dict) -> float:
+    return 0.5 * sum(abs(p.get(k, 0.0) - q.get(k, 0.0)) for k in set(p) | set(q))
+
+
+def select_main(argv=None) -> int:
+    """`aotrain filter select`: returns the exit code."""
+    from data_filters.select import select_many, write_subset, write_subsets
+
+    args = _select_parser().parse_args(argv)
+    try:
+        if args.size < 1:
+            raise ValueError(f"--size must be positive, got {args.size}")
+        if Path(args.out).exists():
+            raise ValueError(f"output {args.out} already exists")
+        pool = load_labels(args.labels)
+        subs = select_many(*pool, size=args.size, nmi_targets=args.nmi, seed=args.seed, normaliser=args.normaliser,
+                           fixed_marginals=not args.free_marginals, allow_repeats=args.allow_repeats, tol=args.tol)
+        if len(subs) == 1:
+            write_subset(subs[0], args.out, source=os.path.abspath(args.labels))
+        else:
+            write_subsets(subs, args.out, source=os.path.abspath(args.labels))
+    except (ValueError, OSError) as e:  # InfeasibleTarget is a ValueError
+        print(f"aotrain filter select: {e}", file=sys.stderr)
+        return 2
+    lo, hi = subs[0].manifest["feasible_nmi_range"]
+    print(f"feasible NMI range at size {args.size}: [{lo:.4f}, {hi:.4f}] ({args.normaliser})")
+    first = subs[0].manifest
+    for sub in subs:
+        m = sub.manifest
+        tv_a = _tv(m["attribute_marginal"], first["attribute_marginal"])
+        tv_o = _tv(m["object_marginal"], first["object_marginal"])
+        print(f"target {m['nmi_target']:g}: nmi {m['nmi']:.4f} size {m['size']} pairs {m['distinct_pairs']} "
+              f"marginal TV vs first: attribute {tv_a:.4f} object {tv_o:.4f}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _reshard_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aotrain filter reshard",
+                                description="Copy the samples of a subset (.npy of uids) into new webdataset shards.")
+    p.add_argument("subset", help="subset.npy from `aotrain filter select` (repeats allowed)")
+    p.add_argument("--shards", required=True, help="folder of .tar shards, or a glob such as 'pool/shard-*.tar'")
+    p.add_argument("--out", required=True, help="output folder (must not exist)")
+    p.add_argument("--samples-per-shard", type=int, default=5000, help="samples per output shard (default 5000)")
+    p.add_argument("--uid-field", default="uid", help="json field holding the uid, or __key__ (default uid)")
+    return p
+
+
+def _shard_list(spec: str) -> list[str]:
+    path = Path(spec)
+    shards = sorted(str(p) for p in path.glob("*.tar")) if path.is_dir() else sorted(glob.glob(spec))
+    if not shards:
+        raise ValueError(f"no .tar shards found at {spec}")
+    return shards
+
+
+def reshard_main(argv=None) -> int:
+    """`aotrain filter reshard`: returns the exit code."""
+    from data_filters.reshard import reshard
+
+    args = _reshard_parser().parse_args(argv)
+    try:
+        if Path(args.out).exists():
+            raise ValueError(f"output {args.out} already exists")
+        if not Path(args.subset).is_file():
+            raise ValueError(f"subset file not found: {args.subset}")
+        try:
+            uids = np.load(args.subset, allow_pickle=False)
+        except Exception as e:
+            raise ValueError(f"cannot read {args.subset} as a .npy uid array: {e}") from None
+        info = reshard(_shard_list(args.shards), uids, args.out, args.samples_per_shard, args.uid_field)
+    except (ValueError, OSError, tarfile.TarError) as e:  # a corrupt shard is a bad input too
+        print(f"aotrain filter reshard: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {info['n_samples']} samples ({info['n_unique']} unique) in {len(info['shards'])} shards to {args.out}")
+    return 0
+
+
+def main(argv=None) -> int:
+    """`python -m data_filters.select_cli {select,reshard} ...`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    commands = {"select": select_main, "reshard": reshard_main}
+    if not argv or argv[0] not in commands:
+        print("usage: python -m data_filters.select_cli {select,reshard} ... (--help for each)", file=sys.stderr)
+        return 2
+    return commands[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""`aotrain filter stats`: attribute-object statistics (NMI, entropies, coverage) of caption sources.
+
+    python -m data_filters.stats_cli stats data/pool/ --vocab builtin --out filter_stats
+    python -m data_filters.stats_cli data/world/pool --vocab world:data/world --workers 2
+
+Writes OUT/stats.json and OUT/joint_counts.csv (each via a temp file + os.replace, and only after
+every input was read, so a failed run leaves no output behind). Bad inputs print one line on
+stderr and return exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+from .counts import count_files
+from .files import write_text_atomic
+from .nmi import NORMALISERS
+
+PROG = "aotrain filter stats"
+EXAMPLES = """examples:
+  aotrain filter stats pool/ --vocab builtin
+  aotrain filter stats a.parquet b.parquet --vocab world:data/worlds/toyworld-abc --caption-column text
+  aotrain filter stats shards/ --vocab vocab.yaml --uid-column key --out stats/ --workers 4
+
+vocabulary specs: builtin | benchmark:DIR (ImageNet-AO folders) | world:PATH (toy world.json) | FILE.yaml|.txt
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Count (attribute, object) pairs in captions and report the normalised mutual "
+                    "information between attributes and objects.")
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="caption files (.parquet, .arrow, .csv, .tsv, webdataset .tar) or folders of them")
+    p.add_argument("--vocab", default="builtin", metavar="SPEC", help="vocabulary (default: builtin)")
+    p.add_argument("--uid-column", default=None, metavar="C",
+                   help="uid column / shard json field (default: 'uid' if present, else row or sample key)")
+    p.add_argument("--caption-column", default="caption", metavar="C",
+                   help="caption column (default: caption; shards use their .txt)")
+    p.add_argument("--out", default="filter_stats", metavar="DIR", help="output folder (default: ./filter_stats)")
+    p.add_argument("--workers", type=int, default=2, metavar="N", help="processes, one file per task (default: 2)")
+    p.add_argument("--window", type=int, default=2, metavar="K",
+                   help="max words between attribute and object (default: 2)")
+    p.add_argument("--normaliser", default="arithmetic", choices=NORMALISERS, help="NMI normaliser (default: arithmetic)")
+    p.add_argument("--top", type=int, default=10, metavar="K", help="rows of the joint table to print (default: 10)")
+    return p
+
+
+def _fmt(x, spec=".4f") -> str:
+    return "n/a" if x is None else format(x + 0, spec)  # + 0 turns -0.0 into 0.0
+
+
+def summary(stats: dict, top: list[tuple[str, str, int]]) -> str:
+    """Readable multi-line summary of PairCounts.stats() and the most frequent labelled pairs."""
+    apo = stats["attributes_per_object"]
+    lines = [
+        f"captions            {stats['n_captions']:,} (malformed rows skipped: {stats['n_malformed']:,})",
+        f"with a pair         {stats['n_with_pair']:,} ({stats['fraction_with_pair']:.1%}); "
+        f"labelled (one pair) {stats['n_labelled']:,}; several pairs {stats['n_multi_pair']:,}",
+        f"NMI ({stats['normaliser']})  {_fmt(stats['nmi'])}",
+        f"entropy (nats)      H(attr) {_fmt(stats['h_attribute'])}  H(obj) {_fmt(stats['h_object'])}  "
+        f"H(attr,obj) {_fmt(stats['h_joint'])}  MI {_fmt(stats['mi'])}",
+        f"distinct pairs      {stats['distinct_pairs']:,} over {stats['n_attributes_seen']} attributes x "
+        f"{stats['n_objects_seen']} objects",
+        f"attributes/object   mean {_fmt(apo['mean'], '.2f')}  min {_fmt(apo['min'], 'd')}  max {_fmt(apo['max'], 'd')}",
+    ]
+    if top:
+        lines.append("top pairs (attribute, object, captions):")
+        width = max(len(a) for a, _, _ in top)
+        lines += [f"  {a:<{width}}  {o}  {n:,}" for a, o, n in top]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    counts = count_files(args.sources, args.vocab, workers=args.workers, window=args.window,
+                         uid_column=args.uid_column, caption_column=args.caption_column)
+    if counts.n_captions == 0:
+        raise ValueError(f"no captions found in {' '.join(args.sources)} ({counts.n_malformed} malformed rows)")
+    stats = counts.stats(args.normaliser)
+    stats.update(sources=[str(s) for s in args.sources], vocab=args.vocab, window=args.window)
+    top = sorted(((a, o, n) for (a, o), n in counts.joint.items()), key=lambda t: (-t[2], t[0], t[1]))
+    print(summary(stats, top[: args.top]))
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["attribute", "object", "count"])
+    writer.writerows(top)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "joint_counts.csv", buf.getvalue())
+    write_text_atomic(out / "stats.json", json.dumps(stats, indent=1))
+    print(f"wrote {out / 'stats.json'} and {out / 'joint_counts.csv'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry; argv may start with "stats" (as passed on by `aotrain filter`). Returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["stats"]:
+        argv = argv[1:]
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse already printed usage / help
+        return int(e.code or 0)
+    if args.workers < 1 or args.window < 0:
+        print(f"{PROG}: error: --workers must be >= 1 and --window >= 0", file=sys.stderr)
+        return 2
+    try:
+        return run(args)
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""`aotrain filter` end to end on a toy pool: stats -> label -> select -> reshard, as a user runs it."""
+import json
+
+import numpy as np
+import pytest
+import webdataset as wds
+import yaml
+
+from aotrain.config import RECIPES_DIR
+from aotrain.toyworld import generate_world, load_world
+from conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    cfg = yaml.safe_load((RECIPES_DIR / "world" / "default.yaml").read_text())
+    cfg["pool"].update(n_samples=3000, samples_per_shard=1000)
+    cfg["eval"].update(images_per_unseen_pair=1, images_per_seen_pair=1)
+    return generate_world(cfg, tmp_path_factory.mktemp("worlds"), progress=False)
+
+
+def test_help_lists_the_filter_commands():
+    proc = run_cli("filter", "--help")
+    assert proc.returncode == 0
+    for name in ("stats", "label", "select", "reshard"):
+        assert name in proc.stdout
+
+
+def test_stats_label_select_reshard(world, tmp_path):
+    vocab = f"world:{world}"
+    stats = run_cli("filter", "stats", f"{world}/pool", "--vocab", vocab, "--out", str(tmp_path / "stats"))
+    assert stats.returncode == 0, stats.stderr
+    measured = json.loads((tmp_path / "stats" / "stats.json").read_text())
+    assert measured["nmi"] == pytest.approx(load_world(world)["nmi"]["nmi"], abs=1e-9)
+
+    labels = tmp_path / "labels.parquet"
+    proc = run_cli("filter", "label", f"{world}/pool", "--vocab", vocab, "--out", str(labels))
+    assert proc.returncode == 0, proc.stderr
+    assert "labelled 3,000" in proc.stdout
+
+    proc = run_cli("filter", "select", str(labels), "--size", "1500", "--nmi", "0.1", "0.2",
+                   "--out", str(tmp_path / "subsets"))
+    assert proc.returncode == 0, proc.stderr
+    manifests = [json.loads((tmp_path / "subsets" / f"nmi-{t}" / "manifest.json").read_text())
+                 for t in ("0.1", "0.2")]
+    assert [round(m["nmi"], 2) for m in manifests] == pytest.approx([0.1, 0.2], abs=0.011)
+    assert manifests[0]["attribute_marginal"] == manifests[1]["attribute_marginal"]
+
+    subset = tmp_path / "subsets" / "nmi-0.2" / "subset.npy"
+    proc = run_cli("filter", "reshard", str(subset), "--shards", f"{world}/pool", "--out", str(tmp_path / "shards"))
+    assert proc.returncode == 0, proc.stderr
+    urls = sorted(str(p) for p in (tmp_path / "shards").glob("*.tar"))
+    uids = sorted(json.loads(s["json"])["uid"] for s in wds.WebDataset(urls, shardshuffle=False))
+    assert uids == sorted(np.load(subset).tolist())
+
+
+def test_filter_mistakes_are_short_errors(world, tmp_path):
+    for args in (("stats", str(tmp_path / "missing.parquet")),
+                 ("label", f"{world}/pool", "--vocab", "nonsense", "--out", str(tmp_path / "x.parquet")),
+                 ("select", str(tmp_path / "missing.parquet"), "--size", "10", "--nmi", "0.1",
+                  "--out", str(tmp_path / "s")),
+                 ("bogus",)):
+        proc = run_cli("filter", *args)
+        assert proc.returncode == 2, args
+        assert "Traceback" not in proc.stderr and proc.stderr.strip(), args
+    assert not (tmp_path / "x.parquet").exists() and not (tmp_path / "s").exists()
