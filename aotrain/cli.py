@@ -22,7 +22,8 @@ commands:
            zero-shot on ImageNet-AO-format folders and log everything to MLflow
   world    generate (or find) the toy world of a recipe and print its folder
   filter   caption-side tools: stats (NMI of a caption set), label (pairs per caption),
-           select (subsets at a target NMI), reshard (shards holding exactly a subset)
+           select (subsets at a target NMI), reshard (shards holding exactly a subset),
+           contamination (benchmark pairs found in a pool)
 """
 
 # `aotrain filter SUB ...` runs Lightning-free tools in data_filters/ (argparse flags, not Hydra).
@@ -31,6 +32,8 @@ FILTER_COMMANDS = {
     "label": ("data_filters.label", "label_main", "one (uid, attribute, object) row per labelled caption"),
     "select": ("data_filters.select_cli", "select_main", "subsets of a labelled pool at a size and target NMI"),
     "reshard": ("data_filters.select_cli", "reshard_main", "webdataset shards holding exactly a subset's uids"),
+    "contamination": ("data_filters.contamination", "contamination_main",
+                      "benchmark pairs that occur in a caption pool; the pool without them"),
 }
 
 # What `aotrain fit` runs when no recipe is named: the embedded default.
@@ -134,7 +137,7 @@ def run_filter(args: list[str]) -> int:
 
     if not args or args[0] in ("-h", "--help"):
         print("usage: aotrain filter COMMAND [--help] ...\n\ncommands:")
-        print("\n".join(f"  {name:<9}{doc}" for name, (_, _, doc) in FILTER_COMMANDS.items()))
+        print("\n".join(f"  {name:<15}{doc}" for name, (_, _, doc) in FILTER_COMMANDS.items()))
         return 0
     if args[0] not in FILTER_COMMANDS:
         print(f"aotrain filter: error: unknown command {args[0]!r}; choose {', '.join(FILTER_COMMANDS)}",

@@ -64,3 +64,34 @@ def test_filter_mistakes_are_short_errors(world, tmp_path):
         assert proc.returncode == 2, args
         assert "Traceback" not in proc.stderr and proc.stderr.strip(), args
     assert not (tmp_path / "x.parquet").exists() and not (tmp_path / "s").exists()
+
+
+def test_contamination_finds_benchmark_pairs_and_removes_them(world, tmp_path):
+    info = load_world(world)
+    unseen = run_cli("filter", "contamination", f"{world}/pool", "--benchmark", f"{world}/imagenet_ao/unseen")
+    assert unseen.returncode == 0, unseen.stderr
+    assert "contaminated 0;" in unseen.stdout  # held-out pairs never reach the pool
+
+    bench = tmp_path / "bench"  # a benchmark of two seen pairs, one with the underscore spelling
+    (a1, o1), (a2, o2) = info["seen_pairs"][:2]
+    for name in (f"{a1} {o1}", f"{a2}_{o2}"):
+        (bench / name).mkdir(parents=True)
+        (bench / name / "0.png").write_bytes(b"")
+    counts = info["joint_counts"]
+    expected = sum(counts["counts"][counts["attributes"].index(a)][counts["objects"].index(o)]
+                   for a, o in ((a1, o1), (a2, o2)))
+    proc = run_cli("filter", "contamination", f"{world}/pool", "--benchmark", str(bench),
+                   "--report", str(tmp_path / "report.json"), "--keep-uids", str(tmp_path / "clean.npy"))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["contaminated"] == expected and report["benchmark_pairs_found"] == 2
+    clean = np.load(tmp_path / "clean.npy")
+    assert len(clean) == info["n_samples"] - expected
+
+    proc = run_cli("filter", "reshard", str(tmp_path / "clean.npy"), "--shards", f"{world}/pool",
+                   "--out", str(tmp_path / "clean-pool"))
+    assert proc.returncode == 0, proc.stderr
+    urls = sorted(str(p) for p in (tmp_path / "clean-pool").glob("*.tar"))
+    left = {(m["attribute"], m["object"]) for m in
+            (json.loads(s["json"]) for s in wds.WebDataset(urls, shardshuffle=False))}
+    assert (a1, o1) not in left and (a2, o2) not in left

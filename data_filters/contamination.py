@@ -1,0 +1,116 @@
+"""`aotrain filter contamination`: which benchmark pairs occur in a caption pool, and a clean pool without them.
+
+    aotrain filter contamination pool/ --benchmark ImageNet-AO-filtered/ --report contamination.json
+    aotrain filter contamination pool/ --benchmark bench/ --keep-uids clean.npy
+    aotrain filter reshard clean.npy --shards pool/ --out clean-pool/
+
+The benchmark's pairs are its folder names ("<attribute> <object>") read by the same parser as the
+captions, so "red" never matches "tired" and "sea lions" matches "sea lion". A caption is
+contaminated when any pair the parser finds in it is a benchmark pair (captions with several
+pairs included). `--keep-uids` writes the sorted uids of every other caption: the pool with the
+benchmark's pairs removed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from .files import write_text_atomic
+from .parse import CaptionParser
+from .sources import iter_captions
+from .vocab import Vocabulary, load_vocabulary
+
+PROG = "aotrain filter contamination"
+
+
+def benchmark_pairs(folder, parser: CaptionParser) -> set[tuple[str, str]]:
+    """The (attribute, object) pairs named by a benchmark's class folders, in the parser's canonical names."""
+    names = {p.name.replace("_", " ") for p in Path(folder).rglob("*") if p.is_dir() and not any(
+        c.is_dir() for c in p.iterdir())}
+    pairs = {pair for name in names for pair in parser.pairs(name)}
+    if not pairs:
+        raise ValueError(f"no '<attribute> <object>' folders under {folder} that the vocabulary resolves")
+    return pairs
+
+
+def scan(sources, benchmark: str, vocab_spec: str | None = None, window: int = 2,
+         uid_column: str | None = None, caption_column: str = "caption") -> tuple[Counter, list[str], dict]:
+    """(contaminated pair -> captions, uids of clean captions, totals)."""
+    vocab = load_vocabulary(vocab_spec) if vocab_spec else Vocabulary.from_benchmark(benchmark)
+    parser = CaptionParser(vocab, window)
+    wanted = benchmark_pairs(benchmark, parser)
+    stream = iter_captions(sources, uid_column=uid_column, caption_column=caption_column)
+    hits: Counter = Counter()
+    clean: list[str] = []
+    n = 0
+    for uid, caption in stream:
+        n += 1
+        found = wanted.intersection(parser.pairs(caption))
+        if found:
+            hits.update(found)
+        else:
+            clean.append(str(uid))
+    if n == 0:
+        raise ValueError(f"no captions found in {' '.join(map(str, sources))}")
+    totals = {"captions": n, "contaminated": n - len(clean), "malformed": stream.malformed,
+              "benchmark_pairs": len(wanted), "benchmark_pairs_found": len(hits)}
+    return hits, clean, totals
+
+
+def _save_npy_atomic(path: Path, uids: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npy")
+    os.close(fd)
+    try:
+        np.save(tmp, np.array(sorted(uids), dtype=str), allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def contamination_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog=PROG, description="Report benchmark pairs that occur in a caption pool, "
+                                "and optionally write the uids of the pool without them.")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="caption files or folders (.parquet .arrow .csv .tsv .tar)")
+    p.add_argument("--benchmark", required=True, metavar="DIR", help="ImageNet-AO-format folder (<attribute object>/...)")
+    p.add_argument("--vocab", default=None, metavar="SPEC", help="vocabulary (default: the benchmark's own names)")
+    p.add_argument("--report", default=None, metavar="FILE.json", help="write the per-pair counts here")
+    p.add_argument("--keep-uids", default=None, metavar="FILE.npy", help="write the sorted uids of clean captions")
+    p.add_argument("--uid-column", default=None, metavar="C", help="uid column / shard json field (default: uid)")
+    p.add_argument("--caption-column", default="caption", metavar="C", help="caption column (default: caption)")
+    p.add_argument("--window", type=int, default=2, metavar="K", help="max words between attribute and object")
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    try:
+        hits, clean, totals = scan(args.sources, args.benchmark, args.vocab, args.window, args.uid_column,
+                                   args.caption_column)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    print(f"captions {totals['captions']:,}; contaminated {totals['contaminated']:,}; "
+          f"benchmark pairs found {totals['benchmark_pairs_found']} of {totals['benchmark_pairs']}")
+    for (attribute, obj), count in sorted(hits.items(), key=lambda kv: (-kv[1], kv[0])):
+        print(f"  {attribute} {obj}: {count:,}")
+    if args.report:
+        report = {**totals, "pairs": [{"attribute": a, "object": o, "captions": c}
+                                      for (a, o), c in sorted(hits.items())]}
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(Path(args.report), json.dumps(report, indent=1) + "\n")
+    if args.keep_uids:
+        _save_npy_atomic(Path(args.keep_uids), clean)
+        print(f"wrote {len(clean):,} clean uids to {args.keep_uids}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(contamination_main())
