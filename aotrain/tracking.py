@@ -54,11 +54,22 @@ def curated_params(cfg, world: dict | None, datamodule, module) -> dict:
             "world_joint": world["config"]["pool"]["joint"],
             "world_concentration": world["config"]["pool"]["concentration"],
             "world_seed": world["config"]["seed"],
+            "world_pool_nmi": round(nmi["nmi"], 6),
             "data_nmi": round(nmi["nmi"], 6),
             "data_nmi_normaliser": nmi["normaliser"],
             "data_mi": round(nmi["mi"], 6),
             "data_distinct_pairs": nmi["distinct_pairs"],
             "data_held_out_pairs": len(world["held_out_pairs"]),
+        })
+    subset = (world or {}).get("subset")
+    if subset is not None:  # the training data is the selected subset: its numbers win
+        params.update({
+            "data_nmi": round(subset["nmi"], 6),
+            "data_nmi_target": subset["nmi_target"],
+            "data_nmi_normaliser": subset["normaliser"],
+            "data_distinct_pairs": subset["distinct_pairs"],
+            "subset_size": subset["size"],
+            "subset_uid_checksum": subset["uid_checksum"],
         })
     return params
 

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from aotrain import towers
 from aotrain.callbacks.zero_shot import ZeroShotEvaluation
 from aotrain.config import UserError, instantiate, resolve, to_dict
+from aotrain.subset import prepare_subset
 from aotrain.toyworld import generate_world, load_world
 from aotrain.tracking import curated_params, log_artifacts, make_logger
 
@@ -47,6 +48,9 @@ def prepare(cfg) -> dict | None:
             raise UserError(f"world: {e}") from None
         cfg.world_dir = str(world_path)
         world = load_world(world_path)
+        cfg.train_pool = str(world_path / "pool")
+        if cfg.subset.nmi is not None:
+            cfg.train_pool, world["subset"] = _select(world_path, cfg)
     else:
         _require_real_paths(cfg)
     try:
@@ -57,6 +61,17 @@ def prepare(cfg) -> dict | None:
     return world
 
 
+def _select(world_path: Path, cfg) -> tuple[str, dict]:
+    spec = {k: cfg.subset[k] for k in ("size", "nmi", "seed", "tol")}
+    if spec["size"] is None:
+        raise UserError("subset.nmi is set but subset.size is not: set subset.size=N")
+    try:
+        shards, manifest = prepare_subset(world_path, spec, cfg.world.pool.samples_per_shard)
+    except ValueError as e:  # InfeasibleTarget names the feasible range
+        raise UserError(f"subset: {e}") from None
+    return str(shards), manifest
+
+
 def _require_real_paths(cfg) -> None:
     """Without a toy world, paths that default to the world's folders must be given."""
     needed = {"data.pool": "set data.pool=/path/to/shards",
@@ -64,7 +79,7 @@ def _require_real_paths(cfg) -> None:
     for key, advice in needed.items():
         group, field = key.split(".")
         unresolved = OmegaConf.to_container(cfg[group], resolve=False)[field]
-        if "${world_dir}" in str(unresolved):
+        if "${world_dir}" in str(unresolved) or "${train_pool}" in str(unresolved):
             raise UserError(f"no toy world (~world) but {key} points into it: {advice}")
 
 
@@ -112,11 +127,18 @@ def fit(cfg) -> dict:
         "last_checkpoint": checkpoint.last_model_path,
         "best_checkpoint": checkpoint.best_model_path,
         "steps": trainer.global_step,
-        "metrics": {k: v for k, v in evaluation.metrics.items() if k.endswith(HEADLINE)} if evaluation else {},
+        "metrics": _headline(evaluation.metrics) if evaluation else {},
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    log_artifacts(logger, [run_dir / "config.yaml", run_dir / "summary.json", run_dir / "eval"])
+    subset_manifest = Path(cfg.data.pool).parent / "subset" / "manifest.json"  # when a subset was selected
+    log_artifacts(logger, [run_dir / "config.yaml", run_dir / "summary.json", run_dir / "eval", subset_manifest])
     return summary
+
+
+def _headline(metrics: dict) -> dict:
+    """Top-1 accuracies per split, then the chance levels."""
+    chosen = [k for k in metrics if k.endswith(HEADLINE)]
+    return {k: metrics[k] for k in sorted(chosen, key=lambda k: k.startswith("chance/"))}
 
 
 def format_summary(summary: dict) -> str:

@@ -34,7 +34,7 @@ DEFAULT_CONFIG = {
     "pool": {"n_samples": 40000, "samples_per_shard": 5000, "joint": "uniform", "concentration": 0.9, "image_format": "png"},
     "eval": {"images_per_unseen_pair": 10, "images_per_seen_pair": 4},
 }
-JOINTS = ("uniform", "skewed")
+JOINTS = ("uniform", "skewed", "mixture")
 IMAGE_FORMATS = ("png", "jpg")
 
 # Independent RNG streams: SeedSequence([seed, STREAM, ...]).
@@ -185,7 +185,12 @@ def choose_preferred(seen: np.ndarray, seed: int) -> np.ndarray:
 
 
 def joint_probs(seen: np.ndarray, preferred: np.ndarray, joint: str, concentration: float) -> np.ndarray:
-    """p[A, O] over seen pairs: uniform, or object-uniform with p(preferred | object) = concentration."""
+    """p[A, O] over seen pairs: uniform; object-uniform with p(preferred | object) = concentration;
+    or the mixture (half each), a pool from which subsets of one size and one set of marginals can
+    reach both low and high NMI (aotrain filter select)."""
+    if joint == "mixture":
+        return (joint_probs(seen, preferred, "uniform", concentration)
+                + joint_probs(seen, preferred, "skewed", concentration)) / 2
     if joint == "uniform":
         return seen / seen.sum()
     p = np.zeros(seen.shape)
