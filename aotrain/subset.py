@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,10 @@ from data_filters.label import label_captions
 from data_filters.reshard import reshard
 from data_filters.select import select_subset, write_subset
 from data_filters.select_cli import load_labels
+
+
+def _say(message: str) -> None:
+    print(f"subset: {message}", file=sys.stderr, flush=True)
 
 
 def subset_folder(world: Path, spec: dict) -> Path:
@@ -36,15 +41,18 @@ def prepare_subset(world: Path, spec: dict, samples_per_shard: int) -> tuple[Pat
     """
     labels = world / "labels.parquet"
     if not labels.exists():
+        _say(f"labelling the pool's captions -> {labels}")
         label_captions([world / "pool"], f"world:{world}", labels)
     folder = subset_folder(world, spec)
     manifest_path = folder / "subset" / "manifest.json"
     if not manifest_path.exists():
+        _say(f"selecting {spec['size']:,} samples at NMI {spec['nmi']:g} -> {folder / 'subset'}")
         chosen = select_subset(*load_labels(labels), size=spec["size"], nmi_target=spec["nmi"],
                                seed=spec["seed"], tol=spec["tol"])
         write_subset(chosen, folder / "subset", source=str(labels))
     shards = folder / "shards"
     if not (shards / "sizes.json").exists():
+        _say(f"resharding the subset -> {shards}")
         uids = np.load(folder / "subset" / "subset.npy")
         reshard(sorted(str(p) for p in (world / "pool").glob("*.tar")), uids, shards,
                 samples_per_shard=samples_per_shard)

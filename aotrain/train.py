@@ -52,6 +52,9 @@ def prepare(cfg) -> dict | None:
         if cfg.subset.nmi is not None:
             cfg.train_pool, world["subset"] = _select(world_path, cfg)
     else:
+        if cfg.subset.nmi is not None:
+            raise UserError(f"recipe {cfg.name} selects a subset of the toy world, which ~world removed; "
+                            "for real data use recipe=null ~world data.pool=... eval=imagenet_ao")
         _require_real_paths(cfg)
     try:
         towers.model_config(cfg.model.name)

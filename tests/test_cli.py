@@ -43,7 +43,14 @@ def test_bad_world_value_is_a_short_error(tmp_path):
 def test_print_config_shows_the_recipe(tmp_path):
     proc = run_cli("fit", "recipe=toy_high_nmi", "--print-config", root=tmp_path)
     assert proc.returncode == 0
-    assert "joint: skewed" in proc.stdout and "name: toy_high_nmi" in proc.stdout
+    assert "nmi: 0.78" in proc.stdout and "name: toy_high_nmi" in proc.stdout
+
+
+def test_unreachable_subset_target_names_the_feasible_range(tmp_path):
+    proc = run_cli("fit", "debug=smoke", "subset.nmi=0.999", root=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert "feasible NMI range" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(tmp_path.glob("toyworld/*/subsets/*")), "no half-written subset"
 
 
 def test_real_data_without_a_pool_says_what_to_set(tmp_path):

@@ -31,7 +31,10 @@ def test_fit_writes_one_mlflow_run_with_params_metrics_artifacts(smoke_fit):
     assert run.info.status == "FINISHED"
     params = run.data.params
     assert params["recipe"] == "toy_low_nmi" and params["model"] == "toy-vit-micro"
-    assert params["world_joint"] == "uniform" and 0 <= float(params["data_nmi"]) < 1
+    # trained on a subset of the mixture pool selected at the recipe's NMI target
+    assert params["world_joint"] == "mixture" and params["data_nmi_target"] == "0.09"
+    assert abs(float(params["data_nmi"]) - 0.09) <= 0.005 and params["subset_size"] == "300"
+    assert float(params["world_pool_nmi"]) > float(params["data_nmi"])
     for name in EVAL_METRICS:
         assert 0.0 <= run.data.metrics[name] <= 1.0, name
     # evaluated every 2 steps of 4: the history has both points
@@ -39,20 +42,20 @@ def test_fit_writes_one_mlflow_run_with_params_metrics_artifacts(smoke_fit):
     assert sorted(m.step for m in history) == [2, 4]
     assert "train/loss" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "summary.json", "eval"} <= artifacts
+    assert {"config.yaml", "summary.json", "eval", "manifest.json"} <= artifacts
     eval_files = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "eval")}
     assert {"metrics.json", "eval_table.csv"} <= eval_files
 
 
 def test_same_config_and_seed_give_the_same_numbers_and_reuse_the_world(smoke_fit):
     root, _ = smoke_fit
-    worlds = sorted((root / "toyworld").iterdir())
+    worlds = sorted((root / "toyworld").rglob("*"))
     client = _client(root)
     experiment = client.get_experiment_by_name("aotrain")
     before = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
     proc = run_cli("fit", "debug=smoke", root=root)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert sorted((root / "toyworld").iterdir()) == worlds  # cache hit, no second world
+    assert sorted((root / "toyworld").rglob("*")) == worlds  # world, labels, subset, shards reused
     runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
     assert len(runs) == len(before) + 1
     first, again = runs[0], runs[-1]
