@@ -24,7 +24,7 @@ import numpy as np
 
 from .files import write_text_atomic
 from .parse import CaptionParser
-from .sources import iter_captions
+from .sources import add_caption_arguments, iter_captions
 from .vocab import Vocabulary, load_vocabulary
 
 PROG = "aotrain filter contamination"
@@ -79,14 +79,11 @@ def _save_npy_atomic(path: Path, uids: list[str]) -> None:
 def contamination_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog=PROG, description="Report benchmark pairs that occur in a caption pool, "
                                 "and optionally write the uids of the pool without them.")
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="caption files or folders (.parquet .arrow .csv .tsv .tar)")
+    add_caption_arguments(p)
     p.add_argument("--benchmark", required=True, metavar="DIR", help="ImageNet-AO-format folder (<attribute object>/...)")
     p.add_argument("--vocab", default=None, metavar="SPEC", help="vocabulary (default: the benchmark's own names)")
     p.add_argument("--report", default=None, metavar="FILE.json", help="write the per-pair counts here")
     p.add_argument("--keep-uids", default=None, metavar="FILE.npy", help="write the sorted uids of clean captions")
-    p.add_argument("--uid-column", default=None, metavar="C", help="uid column / shard json field (default: uid)")
-    p.add_argument("--caption-column", default="caption", metavar="C", help="caption column (default: caption)")
-    p.add_argument("--window", type=int, default=2, metavar="K", help="max words between attribute and object")
     try:
         args = p.parse_args(argv)
     except SystemExit as e:

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .parse import CaptionParser
-from .sources import iter_captions
+from .sources import add_caption_arguments, iter_captions
 from .vocab import load_vocabulary
 
 PROG = "aotrain filter label"
@@ -66,12 +66,9 @@ def label_captions(sources, vocab_spec: str, out: Path, window: int = 2, uid_col
 def label_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0].split(": ", 1)[1],
                                 epilog="vocabulary specs: builtin | benchmark:DIR | world:PATH | FILE.yaml|.txt")
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="caption files or folders (.parquet .arrow .csv .tsv .tar)")
+    add_caption_arguments(p)
     p.add_argument("--vocab", default="builtin", metavar="SPEC", help="vocabulary (default: builtin)")
     p.add_argument("--out", required=True, metavar="FILE.parquet", help="labels file to write")
-    p.add_argument("--uid-column", default=None, metavar="C", help="uid column / shard json field (default: uid)")
-    p.add_argument("--caption-column", default="caption", metavar="C", help="caption column (default: caption)")
-    p.add_argument("--window", type=int, default=2, metavar="K", help="max words between attribute and object")
     try:
         args = p.parse_args(argv)
     except SystemExit as e:

@@ -195,3 +195,15 @@ def _tar_samples(path: Path):
 def iter_captions(path_or_paths, uid_column: str | None = None, caption_column: str = "caption") -> CaptionStream:
     """(uid, caption) pairs from files or directories; the returned stream counts `.malformed` rows."""
     return CaptionStream(path_or_paths, uid_column=uid_column, caption_column=caption_column)
+
+
+def add_caption_arguments(parser) -> None:
+    """The argparse arguments every caption-reading command shares: SOURCE..., uid/caption columns, window."""
+    parser.add_argument("sources", nargs="+", metavar="SOURCE",
+                        help="caption files or folders (.parquet .arrow .csv .tsv .tar)")
+    parser.add_argument("--uid-column", default=None, metavar="C",
+                        help="uid column / shard json field (default: 'uid' if present, else row or sample key)")
+    parser.add_argument("--caption-column", default="caption", metavar="C",
+                        help="caption column (default: caption; shards use their .txt)")
+    parser.add_argument("--window", type=int, default=2, metavar="K",
+                        help="max words between attribute and object (default: 2)")

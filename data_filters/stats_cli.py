@@ -19,6 +19,7 @@ from pathlib import Path
 from .counts import count_files
 from .files import write_text_atomic
 from .nmi import NORMALISERS
+from .sources import add_caption_arguments
 
 PROG = "aotrain filter stats"
 EXAMPLES = """examples:
@@ -35,17 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Count (attribute, object) pairs in captions and report the normalised mutual "
                     "information between attributes and objects.")
-    p.add_argument("sources", nargs="+", metavar="SOURCE",
-                   help="caption files (.parquet, .arrow, .csv, .tsv, webdataset .tar) or folders of them")
+    add_caption_arguments(p)
     p.add_argument("--vocab", default="builtin", metavar="SPEC", help="vocabulary (default: builtin)")
-    p.add_argument("--uid-column", default=None, metavar="C",
-                   help="uid column / shard json field (default: 'uid' if present, else row or sample key)")
-    p.add_argument("--caption-column", default="caption", metavar="C",
-                   help="caption column (default: caption; shards use their .txt)")
     p.add_argument("--out", default="filter_stats", metavar="DIR", help="output folder (default: ./filter_stats)")
     p.add_argument("--workers", type=int, default=2, metavar="N", help="processes, one file per task (default: 2)")
-    p.add_argument("--window", type=int, default=2, metavar="K",
-                   help="max words between attribute and object (default: 2)")
     p.add_argument("--normaliser", default="arithmetic", choices=NORMALISERS, help="NMI normaliser (default: arithmetic)")
     p.add_argument("--top", type=int, default=10, metavar="K", help="rows of the joint table to print (default: 10)")
     return p
