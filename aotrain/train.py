@@ -16,7 +16,6 @@ import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import OmegaConf
 
-from aotrain import towers
 from aotrain.callbacks.zero_shot import ZeroShotEvaluation
 from aotrain.config import UserError, instantiate, resolve, to_dict
 from aotrain.subset import prepare_subset
@@ -56,10 +55,6 @@ def prepare(cfg) -> dict | None:
             raise UserError(f"recipe {cfg.name} selects a subset of the toy world, which ~world removed; "
                             "for real data use recipe=null ~world data.pool=... eval=imagenet_ao")
         _require_real_paths(cfg)
-    try:
-        towers.model_config(cfg.model.name)
-    except ValueError as e:
-        raise UserError(f"model.name: {e}") from None
     resolve(cfg)
     return world
 
