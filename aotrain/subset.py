@@ -19,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data_filters.label import label_captions
+from data_filters.label import label_captions, load_labels
 from data_filters.reshard import reshard
 from data_filters.select import select_subset, write_subset
-from data_filters.select_cli import load_labels
 
 
 def _say(message: str) -> None:

@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from .files import write_text_atomic
+from .files import atomic_path, write_text_atomic
 from .parse import CaptionParser
 from .sources import add_caption_arguments, iter_captions
 from .vocab import Vocabulary, load_vocabulary
@@ -64,18 +62,6 @@ def scan(sources, benchmark: str, vocab_spec: str | None = None, window: int = 2
     return hits, clean, totals
 
 
-def _save_npy_atomic(path: Path, uids: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npy")
-    os.close(fd)
-    try:
-        np.save(tmp, np.array(sorted(uids), dtype=str), allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def contamination_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog=PROG, description="Report benchmark pairs that occur in a caption pool, "
                                 "and optionally write the uids of the pool without them.")
@@ -101,10 +87,10 @@ def contamination_main(argv: list[str] | None = None) -> int:
     if args.report:
         report = {**totals, "pairs": [{"attribute": a, "object": o, "captions": c}
                                       for (a, o), c in sorted(hits.items())]}
-        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(Path(args.report), json.dumps(report, indent=1) + "\n")
     if args.keep_uids:
-        _save_npy_atomic(Path(args.keep_uids), clean)
+        with atomic_path(Path(args.keep_uids), ".npy") as tmp:  # .npy suffix: np.save keeps the name
+            np.save(tmp, np.array(sorted(clean), dtype=str), allow_pickle=False)
         print(f"wrote {len(clean):,} clean uids to {args.keep_uids}")
     return 0
 

@@ -1,5 +1,7 @@
 """`aotrain filter label`: one row per labelled caption (uid, attribute, object): the pool `select` reads.
 
+This module writes that file (label_captions) and reads it back (load_labels).
+
     aotrain filter label pool/ --vocab world:outputs/toyworld/toyworld-abc --out labels.parquet
     aotrain filter select labels.parquet --size 20000 --nmi 0.1 0.3 0.5 --out subsets
 
@@ -10,14 +12,14 @@ temporary name and renamed at the end, so a failed run leaves nothing.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .files import atomic_path
 from .parse import CaptionParser
 from .sources import add_caption_arguments, iter_captions
 from .vocab import load_vocabulary
@@ -32,12 +34,9 @@ def label_captions(sources, vocab_spec: str, out: Path, window: int = 2, uid_col
     """Stream captions, write labels to `out` (parquet); returns counts of what was read and kept."""
     parser = CaptionParser(load_vocabulary(vocab_spec), window)
     stream = iter_captions(sources, uid_column=uid_column, caption_column=caption_column)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
     n = labelled = 0
     rows: dict[str, list] = {"uid": [], "attribute": [], "object": []}
-    try:
+    with atomic_path(out, ".tmp") as tmp:
         with pq.ParquetWriter(tmp, SCHEMA) as writer:
             for uid, caption in stream:
                 n += 1
@@ -56,11 +55,32 @@ def label_captions(sources, vocab_spec: str, out: Path, window: int = 2, uid_col
         if labelled == 0:
             raise ValueError(f"no caption with exactly one attribute-object pair among {n:,} "
                              f"({stream.malformed:,} malformed rows): check --vocab and --caption-column")
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
     return {"captions": n, "labelled": labelled, "malformed": stream.malformed, "out": str(out)}
+
+
+def load_labels(path):
+    """(uids, attr_idx, obj_idx, attributes, objects) from a labels parquet; ValueError if unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"labels file not found: {path}")
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for a non-parquet file
+        raise ValueError(f"cannot read {path} as parquet: {e}") from None
+    missing = [c for c in ("uid", "attribute", "object") if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{path} lacks column(s) {', '.join(missing)} (has {', '.join(table.column_names)})")
+    if table.num_rows == 0:
+        raise ValueError(f"{path} has no rows: the pool is empty")
+    cols = {c: table.column(c).to_pylist() for c in ("uid", "attribute", "object")}
+    if any(v is None for col in cols.values() for v in col):
+        raise ValueError(f"{path} has empty (null) uid, attribute or object values")
+    uids = np.asarray(cols["uid"])
+    if uids.dtype.kind not in "iuU":
+        uids = np.asarray([str(u) for u in cols["uid"]])
+    attributes, attr_idx = np.unique(np.asarray(cols["attribute"], dtype=str), return_inverse=True)
+    objects, obj_idx = np.unique(np.asarray(cols["object"], dtype=str), return_inverse=True)
+    return uids, attr_idx, obj_idx, attributes.tolist(), objects.tolist()
 
 
 def label_main(argv: list[str] | None = None) -> int:

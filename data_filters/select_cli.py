@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_filters.label import load_labels
 from data_filters.nmi import NORMALISERS
 
 SELECT_EPILOG = """\
@@ -40,33 +41,6 @@ def _select_parser() -> argparse.ArgumentParser:
     p.add_argument("--normaliser", default="arithmetic", choices=NORMALISERS, help="NMI normaliser (default arithmetic)")
     p.add_argument("--tol", type=float, default=0.005, help="allowed |NMI - target| (default 0.005)")
     return p
-
-
-def load_labels(path):
-    """(uids, attr_idx, obj_idx, attributes, objects) from a labels parquet; ValueError if unusable."""
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"labels file not found: {path}")
-    try:
-        table = pq.read_table(path)
-    except Exception as e:  # pyarrow raises several types for a non-parquet file
-        raise ValueError(f"cannot read {path} as parquet: {e}") from None
-    missing = [c for c in ("uid", "attribute", "object") if c not in table.column_names]
-    if missing:
-        raise ValueError(f"{path} lacks column(s) {', '.join(missing)} (has {', '.join(table.column_names)})")
-    if table.num_rows == 0:
-        raise ValueError(f"{path} has no rows: the pool is empty")
-    cols = {c: table.column(c).to_pylist() for c in ("uid", "attribute", "object")}
-    if any(v is None for col in cols.values() for v in col):
-        raise ValueError(f"{path} has empty (null) uid, attribute or object values")
-    uids = np.asarray(cols["uid"])
-    if uids.dtype.kind not in "iuU":
-        uids = np.asarray([str(u) for u in cols["uid"]])
-    attributes, attr_idx = np.unique(np.asarray(cols["attribute"], dtype=str), return_inverse=True)
-    objects, obj_idx = np.unique(np.asarray(cols["object"], dtype=str), return_inverse=True)
-    return uids, attr_idx, obj_idx, attributes.tolist(), objects.tolist()
 
 
 def _tv(p: dict, q: dict) -> float:

@@ -7,9 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_filters.label import label_captions
+from data_filters.label import label_captions, load_labels
 from data_filters.select import feasible_nmi_range, pair_counts, select_many
-from data_filters.select_cli import load_labels
 from data_filters.vocab import plural
 
 ATTRIBUTES = ["red", "blue", "green", "yellow", "black", "white", "wooden", "metal", "striped",
