@@ -3,6 +3,8 @@
     aotrain fit [recipe=NAME] [KEY=VALUE ...]    train + evaluate; Hydra overrides
     aotrain world [recipe=NAME] [KEY=VALUE ...]  generate (or find) the toy world only
     aotrain fit --help                           recipes, config groups and main options
+    aotrain eval checkpoint=PATH [benchmark=DIR]  evaluate a saved model on ImageNet-AO-format folders
+    aotrain robustness METRICS.json ...          effective robustness across evaluated models
     aotrain filter stats|label|select|reshard    caption statistics and subset selection
 """
 from __future__ import annotations
@@ -21,6 +23,9 @@ commands:
   fit      train a recipe (default: toy_low_nmi on the built-in toy world), evaluate it
            zero-shot on ImageNet-AO-format folders and log everything to MLflow
   world    generate (or find) the toy world of a recipe and print its folder
+  eval     evaluate a checkpoint (or open_clip config + weights) on ImageNet-AO-format folders:
+           pair (closed/open world), object, attribute, seen vs unseen, CZSL, contamination
+  robustness  fit unseen- against seen-pair accuracy across evaluated models (effective robustness)
   filter   caption-side tools: stats (NMI of a caption set), label (pairs per caption),
            select (subsets at a target NMI), reshard (shards holding exactly a subset),
            contamination (benchmark pairs found in a pool)
@@ -78,6 +83,44 @@ def command_help(command: str) -> str:
                  "Generate the recipe's toy world (pool shards + ImageNet-AO folders) if missing.",
     }[command]
     return "\n".join([intro, "", *recipes_and_options()])
+
+
+EVAL_OPTIONS = [
+    ("checkpoint=PATH", "an aotrain .ckpt; its run's config supplies the benchmark, templates, vocabulary"),
+    ("model_name=NAME weights=PATH", "or an open_clip model config and its weights file"),
+    ("benchmark=DIR", "<attribute object>/ folders, or <split>/<attribute object>/ (default: the run's)"),
+    ("templates=openai|simple|[...]", "prompt templates (default: the run's, else the 80 OpenAI ones)"),
+    ("vocabulary=SPEC", "builtin | benchmark:DIR | world:PATH | FILE (default: the run's, else folder names)"),
+    ("seen_from=PATH", "training manifest.json / labels parquet / captions: their pairs count as seen"),
+    ("open_world=BOOL", "also rank all attribute x object pairs (default true)"),
+    ("log_to=none|new|checkpoint", "log to MLflow: a new run, or the checkpoint's own run"),
+    ("out=DIR", "where results go (default: beside the checkpoint's run)"),
+    ("device=auto|cpu|cuda", "where to run (default auto)"),
+]
+
+
+def eval_help() -> str:
+    lines = ["usage: aotrain eval [--print-config] KEY=VALUE ...", "",
+             "Evaluate a model on an ImageNet-AO-format benchmark; writes metrics.json and tables.", "", "options:"]
+    lines += [f"  {k:<32}{v}" for k, v in EVAL_OPTIONS]
+    return "\n".join(lines)
+
+
+def run_eval(args: list[str]) -> int:
+    from omegaconf import OmegaConf
+
+    from aotrain.config import compose
+    from aotrain.evaluate_checkpoint import evaluate_checkpoint, format_summary
+
+    unknown = [a for a in args if a.startswith("-") and a != "--print-config"]
+    if unknown:
+        raise_user(f"unknown option {unknown[0]}; see `aotrain eval --help`")
+    cfg = compose([a for a in args if a != "--print-config"], config_name="evaluate")
+    if "--print-config" in args:
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    print(format_summary(evaluate_checkpoint(cfg)))
+    return 0
 
 
 def run(command: str, args: list[str]) -> int:
@@ -159,18 +202,22 @@ def main(argv: list[str] | None = None) -> int:
     command, args = argv[0], argv[1:]
     if command == "filter":
         return run_filter(args)
-    if command not in ("fit", "world"):
-        print(f"aotrain: error: unknown command {command!r}; choose fit, world or filter (aotrain --help)",
-              file=sys.stderr)
+    if command == "robustness":
+        from evaluation.robustness import robustness_main
+
+        return robustness_main(args)
+    if command not in ("fit", "world", "eval"):
+        print(f"aotrain: error: unknown command {command!r}; choose fit, world, eval, robustness or filter "
+              "(aotrain --help)", file=sys.stderr)
         return 2
     if "-h" in args or "--help" in args:
-        print(command_help(command))
+        print(eval_help() if command == "eval" else command_help(command))
         return 0
     from aotrain.config import UserError
 
     _quiet_third_party()
     try:
-        return run(command, args)
+        return run_eval(args) if command == "eval" else run(command, args)
     except UserError as e:
         print(f"aotrain {command}: error: {e}", file=sys.stderr)
         return 2

@@ -73,7 +73,8 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "con
     if bad_key and overrides:  # name the keys that do exist where the user was aiming
         message = f"unknown config key '{bad_key.group(1)}'"
         parent, _, _ = bad_key.group(1).rpartition(".")
-        node = OmegaConf.select(compose(), parent) if parent else compose()
+        root = compose(config_name=config_name)
+        node = OmegaConf.select(root, parent) if parent else root
         if isinstance(node, DictConfig):
             message += f". Valid keys{' under ' + parent if parent else ''}: {', '.join(map(str, node.keys()))}"
     raise UserError(message)

@@ -8,6 +8,8 @@ sqlite:///<paths.root>/mlflow.db.  Open the UI on the default store with
 """
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 from lightning.pytorch.loggers import MLFlowLogger
@@ -81,3 +83,42 @@ def log_artifacts(logger: MLFlowLogger, paths) -> None:
             logger.experiment.log_artifacts(logger.run_id, str(path), artifact_path=path.name)
         elif path.exists():
             logger.experiment.log_artifact(logger.run_id, str(path))
+
+
+RUN_POINTER = "mlflow.json"
+
+
+def write_run_pointer(run_dir: Path, tracking_uri: str, logger: MLFlowLogger) -> None:
+    """<run_dir>/mlflow.json: which MLflow run holds this run folder (read by `aotrain eval log_to=checkpoint`)."""
+    pointer = {"tracking_uri": tracking_uri, "experiment_id": logger.experiment_id, "run_id": logger.run_id}
+    (Path(run_dir) / RUN_POINTER).write_text(json.dumps(pointer, indent=1) + "\n")
+
+
+def read_run_pointer(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / RUN_POINTER
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def log_evaluation(tracking_uri: str, metrics: dict, out_dir: Path, step: int = 0, run_id: str | None = None,
+                   experiment_name: str = "aotrain", artifact_location: str | None = None,
+                   run_name: str = "eval", params: dict | None = None) -> str:
+    """Log an evaluation to `run_id` (a training run: metrics at `step`, tables under <out_dir name>/),
+    or to a new run in `experiment_name`. Returns the run id."""
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    new = run_id is None
+    if new:
+        experiment = client.get_experiment_by_name(experiment_name)
+        local = tracking_uri.startswith(LOCAL_SCHEMES)
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(
+            experiment_name, artifact_location=artifact_location if local else None)
+        run_id = client.create_run(experiment_id, run_name=run_name, tags={"aotrain.kind": "eval"}).info.run_id
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()],
+                     params=[Param(k, str(v)) for k, v in (params or {}).items()] if new else [])
+    client.log_artifacts(run_id, str(out_dir), artifact_path=Path(out_dir).name)
+    if new:
+        client.set_terminated(run_id)
+    return run_id

@@ -16,13 +16,12 @@ import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import OmegaConf
 
+from aotrain.benchmarks import Benchmark
 from aotrain.callbacks.zero_shot import ZeroShotEvaluation
 from aotrain.config import UserError, instantiate, resolve, to_dict
 from aotrain.subset import prepare_subset
 from aotrain.toyworld import generate_world, load_world
-from aotrain.tracking import curated_params, log_artifacts, make_logger
-
-HEADLINE = ("/pair_top1", "/object_top1", "/attribute_top1")  # printed for every split, and chance
+from aotrain.tracking import curated_params, log_artifacts, make_logger, write_run_pointer
 
 
 def _launch_id() -> str:
@@ -81,12 +80,18 @@ def _require_real_paths(cfg) -> None:
             raise UserError(f"no toy world (~world) but {key} points into it: {advice}")
 
 
+def load_benchmark(cfg) -> Benchmark:
+    """The eval section's benchmark, loaded now: a bad folder or vocabulary fails before any training."""
+    try:
+        return Benchmark.from_config(to_dict(cfg.eval), cfg.model.name)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(f"eval: {e}") from None
+
+
 def build_callbacks(cfg, run_dir: Path) -> list:
     every = cfg.eval.every_n_steps or cfg.trainer.max_steps
     return [
-        ZeroShotEvaluation(cfg.eval.benchmarks, cfg.eval.templates, cfg.model.name, str(run_dir),
-                           every_n_steps=cfg.eval.every_n_steps, batch_size=cfg.eval.batch_size,
-                           num_workers=cfg.eval.num_workers),
+        ZeroShotEvaluation(load_benchmark(cfg), cfg.model.name, str(run_dir), every_n_steps=cfg.eval.every_n_steps),
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-{step}" if cfg.eval.checkpoint_monitor
                         else "{step}", save_last=True,
                         monitor=cfg.eval.checkpoint_monitor, mode="max", save_top_k=1,
@@ -110,6 +115,7 @@ def fit(cfg) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, run_dir / "config.yaml")
         logger.log_hyperparams(curated_params(cfg, world, datamodule, module))
+        write_run_pointer(run_dir, cfg.logger.tracking_uri, logger)
     trainer.fit(module, datamodule=datamodule)
     if not trainer.is_global_zero:
         return {}
@@ -125,18 +131,12 @@ def fit(cfg) -> dict:
         "last_checkpoint": checkpoint.last_model_path,
         "best_checkpoint": checkpoint.best_model_path,
         "steps": trainer.global_step,
-        "metrics": _headline(evaluation.metrics) if evaluation else {},
+        "metrics": evaluation.headline() if evaluation else {},
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     subset_manifest = Path(cfg.data.pool).parent / "subset" / "manifest.json"  # when a subset was selected
     log_artifacts(logger, [run_dir / "config.yaml", run_dir / "summary.json", run_dir / "eval", subset_manifest])
     return summary
-
-
-def _headline(metrics: dict) -> dict:
-    """Top-1 accuracies per split, then the chance levels."""
-    chosen = [k for k in metrics if k.endswith(HEADLINE)]
-    return {k: metrics[k] for k in sorted(chosen, key=lambda k: k.startswith("chance/"))}
 
 
 def format_summary(summary: dict) -> str:

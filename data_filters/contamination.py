@@ -1,4 +1,4 @@
-"""`aotrain filter contamination`: which benchmark pairs occur in a caption pool, and a clean pool without them.
+"""Which benchmark pairs occur in training data: `aotrain filter contamination` and `training_pairs`.
 
     aotrain filter contamination pool/ --benchmark ImageNet-AO-filtered/ --report contamination.json
     aotrain filter contamination pool/ --benchmark bench/ --keep-uids clean.npy
@@ -9,6 +9,10 @@ captions, so "red" never matches "tired" and "sea lions" matches "sea lion". A c
 contaminated when any pair the parser finds in it is a benchmark pair (captions with several
 pairs included). `--keep-uids` writes the sorted uids of every other caption: the pool with the
 benchmark's pairs removed.
+
+`training_pairs(source, vocab)` reads the pairs a model was trained on from a subset's manifest.json,
+a labels/subset parquet or a caption pool; `aotrain eval seen_from=...` uses it to mark benchmark
+pairs as seen and to report them (evaluation/evaluate.py).
 """
 from __future__ import annotations
 
@@ -21,9 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from .files import atomic_path, write_text_atomic
+from .counts import count_captions
 from .parse import CaptionParser
 from .sources import add_caption_arguments, iter_captions
-from .vocab import Vocabulary, load_vocabulary
+from .vocab import Vocabulary, load_vocabulary, phrase
 
 PROG = "aotrain filter contamination"
 
@@ -60,6 +65,46 @@ def scan(sources, benchmark: str, vocab_spec: str | None = None, window: int = 2
     totals = {"captions": n, "contaminated": n - len(clean), "malformed": stream.malformed,
               "benchmark_pairs": len(wanted), "benchmark_pairs_found": len(hits)}
     return hits, clean, totals
+
+
+def training_pairs(source, vocab: Vocabulary, window: int = 2) -> Counter:
+    """(attribute, object) -> training samples holding it, in `vocab`'s canonical names.
+
+    `source`: a subset's manifest.json (or the folder holding it), a parquet with attribute and
+    object columns (labels.parquet, subset.parquet), or any caption source `iter_captions` reads
+    (webdataset shards, caption parquet/arrow/jsonl), parsed with `vocab`.
+    """
+    path = Path(source)
+    if path.is_dir() and (path / "manifest.json").is_file():
+        path = path / "manifest.json"
+    if not path.exists():
+        raise FileNotFoundError(f"training data not found: {path}")
+    def canonical(a: str, o: str) -> tuple[str, str]:
+        return vocab.attribute_forms.get(phrase(a), a), vocab.object_forms.get(phrase(o), o)
+
+    pairs: Counter = Counter()
+    if path.name == "manifest.json":
+        table = json.loads(path.read_text()).get("pair_counts")
+        if not table:
+            raise ValueError(f"{path} has no pair_counts: not a subset manifest of aotrain filter select")
+        for a, row in zip(table["attributes"], table["counts"]):
+            for o, n in zip(table["objects"], row):
+                if n:
+                    pairs[canonical(a, o)] += int(n)
+        return pairs
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        columns = pq.read_schema(path).names
+        if "attribute" in columns and "object" in columns:
+            t = pq.read_table(path, columns=["attribute", "object"])
+            pairs.update(canonical(a, o) for a, o in zip(t.column("attribute").to_pylist(),
+                                                          t.column("object").to_pylist()))
+            return pairs
+    counts = count_captions(iter_captions([path]), CaptionParser(vocab, window))
+    if counts.n_captions == 0:
+        raise ValueError(f"no captions found in {path}")
+    return Counter(counts.all_pairs)
 
 
 def contamination_main(argv: list[str] | None = None) -> int:

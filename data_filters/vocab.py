@@ -105,6 +105,20 @@ class Vocabulary:
             obj_forms.setdefault(key, name)
         return cls(list(attributes), list(objects), dict(kinds), attr_forms, obj_forms, source)
 
+    def split_pair(self, name: str) -> tuple[str, str] | None:
+        """Canonical (attribute, object) named by a benchmark folder such as "red_sea_lions", or None.
+
+        Words are split on anything but letters and digits; every cut point is tried and the first
+        (shortest attribute) whose two sides are surface forms of this vocabulary wins.
+        """
+        words = phrase(name).split(" ")
+        for cut in range(1, len(words)):
+            attr = self.attribute_forms.get(" ".join(words[:cut]))
+            obj = self.object_forms.get(" ".join(words[cut:]))
+            if attr is not None and obj is not None:
+                return attr, obj
+        return None
+
     # ------------------------------------------------------------ constructors
     @classmethod
     def builtin(cls) -> "Vocabulary":

@@ -1,37 +1,45 @@
-"""ImageNet-AO zero-shot evaluation (plain torch, no Lightning).
+"""ImageNet-AO evaluation (plain torch, no Lightning): any CLIP-style or supervised model.
 
 Usage::
 
-    from evaluation import AOFolder, evaluate_zero_shot, SIMPLE_TEMPLATES
-    splits = {"unseen": AOFolder("world/imagenet_ao/unseen", transform=preprocess),
-              "seen": AOFolder("world/imagenet_ao/seen", transform=preprocess)}
-    result = evaluate_zero_shot(model.encode_image, model.encode_text, tokenizer, splits, SIMPLE_TEMPLATES)
+    from data_filters.vocab import load_vocabulary
+    from evaluation import ZeroShotModel, evaluate, load_benchmark, resolve_templates
+    vocab = load_vocabulary("world:outputs/toyworld/<hash>")
+    splits = load_benchmark("outputs/toyworld/<hash>/imagenet_ao", transform=preprocess, vocab=vocab)
+    model.eval()
+    result = evaluate(ZeroShotModel(model.encode_image, model.encode_text, tokenizer), splits,
+                      resolve_templates("openai"))
     result.write("out/eval")
 
-Modules: ``imagenet_ao`` (dataset), ``zero_shot`` (text classifier, image
-features, templates), ``metrics`` (top-k helpers), ``evaluate`` (protocol and
-metric names).  ``OPENAI_IMAGENET_TEMPLATES`` is fetched from open_clip lazily.
+Modules: ``imagenet_ao`` (folders -> datasets), ``models`` (ZeroShotModel / HeadModel adapters,
+text-classifier cache), ``zero_shot`` (text classifier, templates), ``metrics`` (top-k helpers),
+``czsl`` (calibration-bias sweep), ``robustness`` (effective robustness fit), ``evaluate`` (the
+protocol and metric names). ``aotrain eval`` and the training callback both call ``evaluate``.
 """
 
-from .evaluate import EvalResult, evaluate_zero_shot
-from .imagenet_ao import AOFolder, UnreadableImageError, parse_pair_name
-from .metrics import class_mean_accuracy, per_class_accuracy, topk_correct
-from .zero_shot import SIMPLE_TEMPLATES, format_prompt, image_features, text_classifier
+from .evaluate import EvalResult, evaluate
+from .imagenet_ao import AOFolder, UnreadableImageError, load_benchmark, parse_pair_name, split_folders
+from .metrics import class_mean_accuracy, per_class_accuracy
+from .models import HeadModel, ZeroShotModel
+from .zero_shot import SIMPLE_TEMPLATES, format_prompt, resolve_templates, text_classifier
 
 __all__ = [
     "AOFolder",
     "EvalResult",
+    "HeadModel",
     "OPENAI_IMAGENET_TEMPLATES",
     "SIMPLE_TEMPLATES",
     "UnreadableImageError",
+    "ZeroShotModel",
     "class_mean_accuracy",
-    "evaluate_zero_shot",
+    "evaluate",
     "format_prompt",
-    "image_features",
+    "load_benchmark",
     "parse_pair_name",
     "per_class_accuracy",
+    "resolve_templates",
+    "split_folders",
     "text_classifier",
-    "topk_correct",
 ]
 
 

@@ -1,63 +1,79 @@
-"""ImageNet-AO zero-shot evaluation: pair, object and attribute accuracy per split.
+"""The ImageNet-AO protocol: pair (closed and open world), object and attribute accuracy per split,
+seen vs unseen, CZSL calibration metrics and the contamination check.
 
 Usage::
 
-    import open_clip
-    from evaluation import AOFolder, evaluate_zero_shot, SIMPLE_TEMPLATES
-    splits = {s: AOFolder(f"world/imagenet_ao/{s}", transform=preprocess) for s in ("unseen", "seen")}
-    model.eval()
-    result = evaluate_zero_shot(model.encode_image, model.encode_text, tokenizer, splits, SIMPLE_TEMPLATES)
+    from evaluation import ZeroShotModel, evaluate, load_benchmark
+    splits = load_benchmark("world/imagenet_ao", transform=preprocess, vocab=vocab)  # {"seen": .., "unseen": ..}
+    result = evaluate(ZeroShotModel(model.encode_image, model.encode_text, tokenizer), splits, templates)
     result.metrics["unseen/pair_top1"]
-    result.write("runs/x/eval")   # metrics.json, eval_table.csv, eval_table.md
+    result.write("runs/x/eval")   # metrics.json, eval_table.{csv,md}, czsl_curve.{csv,png}, contamination.json
 
-Protocol (closed world):
-  * candidate pairs = sorted union of the pairs of all splits; objects and
-    attributes = sorted unique objects / attributes of those pairs.
-  * pair task: classnames ``"attribute object"`` with ``templates``.
-  * object task: classnames ``"object"`` with ``object_templates`` (default ``templates``).
-  * attribute task: classnames ``"attribute object"`` literally, e.g. ``"red object"``,
-    with ``attribute_templates`` (default ``templates``).
-  * logits = ``logit_scale * image_feats @ classifier.T``; top-k is capped at
-    the number of classes.  Text classifiers are built once per call, image
-    features once per split.
+Tasks (zero-shot models; logits = ``logit_scale * image @ classifier.T``, unit vectors both sides):
+  * ``pair``: closed world, the candidate pairs = the sorted union of every split's pairs
+    (classnames ``"attribute object"``);
+  * ``pair_open``: open world, every attribute x object combination of the candidates' words;
+  * ``object``: the candidates' objects (classnames ``"object"``);
+  * ``attribute``: the candidates' attributes (classnames ``"attribute object"``, e.g. ``"red object"``).
+A supervised model (``HeadModel``) has the ``object`` task only: its logits restricted to the head
+classes that name the benchmark's objects (matched by vocabulary canonical name), so its object
+accuracy has the same classes and chance as a CLIP's.
 
-Metric names (flat, python floats; callers add their own prefix such as ``eval/``):
-  for each split ``s``:
-    ``{s}/pair_top1``, ``{s}/pair_top5``, ``{s}/pair_top1_class_mean`` (mean over
-    the split's pairs of per-pair top-1), ``{s}/object_top1``, ``{s}/object_top5``,
-    ``{s}/attribute_top1``, ``{s}/attribute_top5``, ``{s}/n_images``, ``{s}/n_pairs``
-  global:
-    ``n_candidate_pairs``, ``chance/pair_top1`` (1 / #candidate pairs),
-    ``chance/object_top1`` (1 / #objects), ``chance/attribute_top1`` (1 / #attributes)
+Seen status of a pair: from ``seen_pairs`` (the pairs of the training data, e.g. a subset manifest)
+when given; otherwise a split named ``seen`` or ``unseen`` says it for its pairs. With a status,
+metrics are also reported for the groups ``seen`` and ``unseen`` (images pooled across splits by
+their pair's status; with ``seen_pairs`` these replace splits of the same name), and the CZSL
+calibration sweep runs on the closed-world pair scores (evaluation/czsl.py).
 
-Per-pair table rows (``EvalResult.table``):
-  ``{"split", "attribute", "object", "n", "pair_top1", "pair_top5", "object_top1", "attribute_top1"}``
+Metric names (flat floats; the training callback adds ``eval/``), for each group ``g``:
+  ``g/{task}_top1``, ``g/{task}_top5``, ``g/{task}_top1_class_mean`` (mean over the group's classes
+  of per-class top-1) for each task, ``g/n_images``, ``g/n_pairs``;
+  global: ``n_candidate_pairs``, ``n_open_pairs``, ``chance/{task}_top1``; ``czsl/auc``,
+  ``czsl/best_hm`` ... when the status is known; ``contamination/pairs_in_training`` with ``seen_pairs``.
+Top-k is capped at the number of classes.
 """
-
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 
-from .imagenet_ao import AOFolder
-from .metrics import class_mean_accuracy, per_class_accuracy, topk_correct
-from .zero_shot import Template, image_features, text_classifier
+from data_filters.files import write_text_atomic
+from data_filters.vocab import Vocabulary, phrase
 
-TABLE_COLUMNS = ("split", "attribute", "object", "n", "pair_top1", "pair_top5", "object_top1", "attribute_top1")
+from .czsl import CZSLCurve, czsl_curve
+from .imagenet_ao import AOFolder
+from .metrics import class_mean_accuracy, per_class_accuracy
+from .models import HeadModel, ZeroShotModel
+from .zero_shot import SIMPLE_TEMPLATES, Template
+
+TASKS = ("pair", "pair_open", "object", "attribute")
+TABLE_COLUMNS = ("split", "attribute", "object", "seen", "n", "pair_top1", "pair_top5", "pair_open_top1",
+                 "object_top1", "attribute_top1")
+TOP_K = 5
+HEADLINE = ("/pair_top1", "/pair_open_top1", "/object_top1", "/attribute_top1", "czsl/auc", "czsl/best_hm")
 
 
 @dataclass
 class EvalResult:
-    """Flat metrics plus one table row per (split, pair)."""
+    """Flat metrics, one table row per (split, pair), and the CZSL curve / contamination when known."""
 
     metrics: dict[str, float]
     table: list[dict]
     candidate_pairs: list[tuple[str, str]] = field(default_factory=list)
+    czsl: CZSLCurve | None = None
+    contamination: dict | None = None
+
+    def headline(self) -> dict[str, float]:
+        """The numbers a person reads first: top-1 of every task per group, CZSL, then chance levels."""
+        chosen = [k for k in self.metrics if k.endswith(HEADLINE)]
+        return {k: self.metrics[k] for k in sorted(chosen, key=lambda k: k.startswith("chance/"))}
 
     def to_markdown(self) -> str:
         """Metrics summary table followed by the per-pair table."""
@@ -68,108 +84,247 @@ class EvalResult:
         return "\n".join(lines) + "\n"
 
     def write(self, out_dir: str | Path) -> dict[str, Path]:
-        """Write metrics.json, eval_table.csv and eval_table.md into ``out_dir`` (created).
-
-        Returns ``{"metrics": ..., "table_csv": ..., "table_md": ...}``.
-        """
+        """Write metrics.json, eval_table.csv/.md, and czsl_curve.csv/.png, contamination.json when known."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"metrics": out / "metrics.json", "table_csv": out / "eval_table.csv", "table_md": out / "eval_table.md"}
-        paths["metrics"].write_text(json.dumps(self.metrics, indent=2) + "\n")
-        with paths["table_csv"].open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=TABLE_COLUMNS)
-            writer.writeheader()
-            writer.writerows(self.table)
-        paths["table_md"].write_text(self.to_markdown())
+        write_text_atomic(paths["metrics"], json.dumps(self.metrics, indent=2) + "\n")
+        write_text_atomic(paths["table_csv"], _csv(self.table, TABLE_COLUMNS))
+        write_text_atomic(paths["table_md"], self.to_markdown())
+        if self.czsl is not None:
+            paths["czsl_csv"] = out / "czsl_curve.csv"
+            write_text_atomic(paths["czsl_csv"], _csv(self.czsl.to_rows()))
+            paths["czsl_png"] = self.czsl.plot(out / "czsl_curve.png")
+        if self.contamination is not None:
+            paths["contamination"] = out / "contamination.json"
+            write_text_atomic(paths["contamination"], json.dumps(self.contamination, indent=1) + "\n")
         return paths
 
 
 def _fmt(v) -> str:
     if isinstance(v, float):
-        return f"{v:g}" if v.is_integer() else f"{v:.4f}"
+        return f"{v:g}" if v.is_integer() or v != v else f"{v:.4f}"
     return str(v)
 
 
-def evaluate_zero_shot(
-    encode_image: Callable[[torch.Tensor], torch.Tensor],
-    encode_text: Callable[[torch.Tensor], torch.Tensor],
-    tokenizer: Callable[[list[str]], torch.Tensor],
-    splits: Mapping[str, AOFolder],
-    templates: Sequence[Template],
-    batch_size: int = 256,
-    num_workers: int = 0,
-    device: str | torch.device = "cpu",
-    logit_scale: float = 100.0,
-    object_templates: Sequence[Template] | None = None,
-    attribute_templates: Sequence[Template] | None = None,
-    progress: bool = False,
-) -> EvalResult:
-    """Zero-shot pair / object / attribute classification on every split (see module doc)."""
-    if not splits:
-        raise ValueError("evaluate_zero_shot needs at least one split")
-    candidates = sorted({pair for ds in splits.values() for pair in ds.pairs})
-    attributes = sorted({a for a, _ in candidates})
-    objects = sorted({o for _, o in candidates})
+def _csv(rows: list[dict], columns: Sequence[str] | None = None) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns or (rows[0] if rows else [])))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------ scoring
+@dataclass
+class _Scores:
+    """Per-image predictions of every split, concatenated in split order."""
+
+    split: list[str]  # [N] split name per image
+    targets: dict[str, torch.Tensor]  # task -> [N] class index
+    top: dict[str, torch.Tensor]  # task -> [N, <=TOP_K] predicted class indices, best first
+    pair_scores: torch.Tensor | None  # [N, P] closed-world pair logits (zero-shot models)
+
+
+def _top(logits: torch.Tensor) -> torch.Tensor:
+    return logits.topk(min(TOP_K, logits.shape[-1]), dim=-1).indices
+
+
+def _head_columns(classes: Sequence[str], objects: list[str], vocab: Vocabulary | None) -> list[int]:
+    """For each benchmark object, the head class naming it; ValueError naming objects the head lacks."""
+    def canonical(name: str) -> str:
+        key = phrase(name)
+        return vocab.object_forms.get(key, key) if vocab is not None else key
+
+    index = {canonical(c): i for i, c in enumerate(classes)}
+    missing = [o for o in objects if canonical(o) not in index]
+    if missing:
+        raise ValueError(f"the classifier head has no class for {len(missing)} benchmark object(s): "
+                         f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    return [index[canonical(o)] for o in objects]
+
+
+def _score(model, splits: Mapping[str, AOFolder], candidates, attributes, objects, templates, object_templates,
+           attribute_templates, open_world: bool, logit_scale: float, batch_size: int, num_workers: int,
+           progress: bool, vocab: Vocabulary | None) -> _Scores:
     pair_idx = {p: i for i, p in enumerate(candidates)}
     attr_idx = {a: i for i, a in enumerate(attributes)}
     obj_idx = {o: i for i, o in enumerate(objects)}
+    if isinstance(model, ZeroShotModel):
+        # The open-world grid holds every closed-world pair: encode it once and take the closed rows.
+        grid = [(a, o) for a in attributes for o in objects]
+        names = [f"{a} {o}" for a, o in (grid if open_world else candidates)]
+        w_all = model.classifier(names, templates)  # [A*O or P, D]
+        rows = [attr_idx[a] * len(objects) + obj_idx[o] for a, o in candidates] if open_world else list(range(len(candidates)))
+        weights = {"pair": w_all[rows], "object": model.classifier(objects, object_templates or templates),
+                   "attribute": model.classifier([f"{a} object" for a in attributes], attribute_templates or templates)}
+        if open_world:
+            weights["pair_open"] = w_all
+    else:
+        head_cols = torch.tensor(_head_columns(model.classes, objects, vocab))
 
-    # Text side: once per call, shared by all splits.
-    def classifier(names: list[str], temps: Sequence[Template]) -> torch.Tensor:
-        return text_classifier(encode_text, tokenizer, names, temps, batch_size=batch_size, device=device)
+    split_names, targets, tops, pair_scores = [], {t: [] for t in TASKS}, {t: [] for t in TASKS}, []
+    for name, ds in splits.items():
+        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                             pin_memory=torch.device(model.device).type == "cuda")
+        if progress:
+            from tqdm.auto import tqdm
 
-    w_pair = classifier([f"{a} {o}" for a, o in candidates], templates)  # [P, D]
-    w_obj = classifier(objects, object_templates or templates)  # [O, D]
-    w_attr = classifier([f"{a} object" for a in attributes], attribute_templates or templates)  # [A, D]
-
-    metrics: dict[str, float] = {
-        "n_candidate_pairs": float(len(candidates)),
-        "chance/pair_top1": 1.0 / len(candidates),
-        "chance/object_top1": 1.0 / len(objects),
-        "chance/attribute_top1": 1.0 / len(attributes),
-    }
-    table: list[dict] = []
-    for split, ds in splits.items():
-        loader = torch.utils.data.DataLoader(
-            ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-            pin_memory=torch.device(device).type == "cuda",
-        )
-        feats, local = image_features(encode_image, loader, device=device, progress=progress, desc=split)
-        # Split-local class index -> candidate pair / object / attribute indices.
+            loader = tqdm(loader, desc=f"eval {name}", leave=False)
         to_pair = torch.tensor([pair_idx[p] for p in ds.pairs])
-        to_obj = torch.tensor([obj_idx[o] for _, o in ds.pairs])
         to_attr = torch.tensor([attr_idx[a] for a, _ in ds.pairs])
-        y_pair, y_obj, y_attr = to_pair[local], to_obj[local], to_attr[local]  # [N] each
+        to_obj = torch.tensor([obj_idx[o] for _, o in ds.pairs])
+        for images, local in loader:
+            feats = model.features(images)  # [B, D] unit features, or [B, H] head logits
+            targets["pair"].append(to_pair[local])
+            targets["attribute"].append(to_attr[local])
+            targets["object"].append(to_obj[local])
+            targets["pair_open"].append(to_attr[local] * len(objects) + to_obj[local])
+            split_names += [name] * len(local)
+            if isinstance(model, HeadModel):
+                tops["object"].append(_top(feats[:, head_cols]))  # [B, <=5] over the benchmark's objects
+                continue
+            for task, w in weights.items():
+                logits = logit_scale * feats @ w.T  # [B, C]
+                tops[task].append(_top(logits))
+                if task == "pair":
+                    pair_scores.append(logits)
+    if not split_names:
+        raise ValueError("the benchmark has no images")
+    return _Scores(
+        split=split_names,
+        targets={t: torch.cat(v) for t, v in targets.items()},
+        top={t: torch.cat(v) for t, v in tops.items() if v},
+        pair_scores=torch.cat(pair_scores) if pair_scores else None,
+    )
 
-        pair_logits = logit_scale * feats @ w_pair.T  # [N, P]
-        obj_logits = logit_scale * feats @ w_obj.T  # [N, O]
-        attr_logits = logit_scale * feats @ w_attr.T  # [N, A]
-        correct = {
-            "pair_top1": topk_correct(pair_logits, y_pair, 1),
-            "pair_top5": topk_correct(pair_logits, y_pair, 5),
-            "object_top1": topk_correct(obj_logits, y_obj, 1),
-            "object_top5": topk_correct(obj_logits, y_obj, 5),
-            "attribute_top1": topk_correct(attr_logits, y_attr, 1),
-            "attribute_top5": topk_correct(attr_logits, y_attr, 5),
-        }  # each [N] bool
 
-        for name in ("pair_top1", "pair_top5"):
-            metrics[f"{split}/{name}"] = float(correct[name].float().mean())
-        metrics[f"{split}/pair_top1_class_mean"] = class_mean_accuracy(correct["pair_top1"], local, len(ds.pairs))
-        for name in ("object_top1", "object_top5", "attribute_top1", "attribute_top5"):
-            metrics[f"{split}/{name}"] = float(correct[name].float().mean())
-        metrics[f"{split}/n_images"] = float(len(local))
-        metrics[f"{split}/n_pairs"] = float(len(ds.pairs))
+# ------------------------------------------------------------------ protocol
+def _seen_status(splits, candidates, seen_pairs) -> dict[tuple[str, str], bool] | None:
+    """Pair -> seen in training, or None when nothing says so."""
+    if seen_pairs is not None:
+        return {p: p in seen_pairs for p in candidates}
+    named = {s: ds for s, ds in splits.items() if s in ("seen", "unseen")}
+    if not named:
+        return None
+    status = {p: s == "seen" for s, ds in named.items() for p in ds.pairs}
+    return {p: status.get(p) for p in candidates}
 
-        # Per-pair rows, indexed by the split's own class index.
-        counts = torch.bincount(local, minlength=len(ds.pairs))
-        per_pair = {
-            name: per_class_accuracy(correct[name], local, len(ds.pairs))
-            for name in ("pair_top1", "pair_top5", "object_top1", "attribute_top1")
-        }
-        for i, (attr, obj) in enumerate(ds.pairs):
-            row = {"split": split, "attribute": attr, "object": obj, "n": int(counts[i])}
-            row.update({name: float(acc[i]) for name, acc in per_pair.items()})
-            table.append(row)
 
-    return EvalResult(metrics=metrics, table=table, candidate_pairs=candidates)
+def _groups(scores: _Scores, splits, status, candidates, from_manifest: bool) -> dict[str, torch.Tensor]:
+    split_arr = np.array(scores.split)
+    groups = {s: torch.from_numpy(split_arr == s) for s in splits}
+    if status is not None:
+        seen = torch.tensor([bool(status[candidates[i]]) for i in scores.targets["pair"].tolist()])
+        known = torch.tensor([status[candidates[i]] is not None for i in scores.targets["pair"].tolist()])
+        for name, mask in (("seen", seen & known), ("unseen", ~seen & known)):
+            if from_manifest or name not in groups:
+                groups[name] = mask
+    return {g: m for g, m in groups.items() if bool(m.any())}
+
+
+def _group_metrics(scores: _Scores, group: str, mask: torch.Tensor, n_classes: dict[str, int]) -> dict[str, float]:
+    out = {}
+    for task, top in scores.top.items():
+        y, t = scores.targets[task][mask], top[mask]  # [n], [n, k]
+        hit = t == y.unsqueeze(-1)  # [n, k]
+        out[f"{group}/{task}_top1"] = float(hit[:, 0].double().mean())
+        out[f"{group}/{task}_top5"] = float(hit.any(-1).double().mean())
+        out[f"{group}/{task}_top1_class_mean"] = class_mean_accuracy(hit[:, 0], y, n_classes[task])
+    out[f"{group}/n_images"] = float(mask.sum())
+    out[f"{group}/n_pairs"] = float(len(set(scores.targets["pair"][mask].tolist())))
+    return out
+
+
+def _table(scores: _Scores, splits, candidates, status, n_classes) -> list[dict]:
+    split_arr = np.array(scores.split)
+    nan = float("nan")
+    rows = []
+    for name, ds in splits.items():
+        mask = torch.from_numpy(split_arr == name)
+        y = scores.targets["pair"][mask]
+        counts = torch.bincount(y, minlength=n_classes["pair"])
+        per = {}
+        for task, column in (("pair", "pair_top1"), ("pair_open", "pair_open_top1"),
+                             ("object", "object_top1"), ("attribute", "attribute_top1")):
+            if task in scores.top:
+                hit = scores.top[task][mask][:, 0] == scores.targets[task][mask]
+                per[column] = per_class_accuracy(hit, y, n_classes["pair"])  # per pair, whatever the task
+        if "pair" in scores.top:
+            hit5 = (scores.top["pair"][mask] == y.unsqueeze(-1)).any(-1)
+            per["pair_top5"] = per_class_accuracy(hit5, y, n_classes["pair"])
+        for attr, obj in ds.pairs:
+            i = candidates.index((attr, obj))
+            seen = status.get((attr, obj)) if status else None
+            row = {"split": name, "attribute": attr, "object": obj, "seen": "" if seen is None else seen,
+                   "n": int(counts[i])}
+            row.update({c: float(per[c][i]) if c in per else nan for c in TABLE_COLUMNS[5:]})
+            rows.append(row)
+    return rows
+
+
+def _contamination(splits, candidates, seen_pairs) -> dict:
+    def count(p):
+        return int(seen_pairs[p]) if isinstance(seen_pairs, Mapping) else None
+
+    found = [p for p in candidates if p in seen_pairs]
+    in_splits = {p: sorted(s for s, ds in splits.items() if p in ds.pairs) for p in found}
+    return {
+        "benchmark_pairs": len(candidates),
+        "pairs_in_training": len(found),
+        "pairs": [{"attribute": a, "object": o, "training_count": count((a, o)), "splits": in_splits[(a, o)]}
+                  for a, o in found],
+    }
+
+
+def evaluate(
+    model: ZeroShotModel | HeadModel,
+    splits: Mapping[str, AOFolder],
+    templates: Sequence[Template] = SIMPLE_TEMPLATES,
+    *,
+    object_templates: Sequence[Template] | None = None,
+    attribute_templates: Sequence[Template] | None = None,
+    open_world: bool = True,
+    seen_pairs: Mapping | set | None = None,
+    vocab: Vocabulary | None = None,
+    logit_scale: float = 100.0,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> EvalResult:
+    """Every task, metric and check of the module doc, for one model on one benchmark's splits.
+
+    ``seen_pairs``: the (attribute, object) pairs of the training data (a set, or a mapping to counts),
+    in the same canonical names as the splits' pairs. ``vocab`` maps head class names to objects.
+    """
+    if not splits:
+        raise ValueError("evaluate needs at least one split")
+    candidates = sorted({p for ds in splits.values() for p in ds.pairs})
+    attributes = sorted({a for a, _ in candidates})
+    objects = sorted({o for _, o in candidates})
+    open_world = open_world and isinstance(model, ZeroShotModel)
+    n_classes = {"pair": len(candidates), "pair_open": len(attributes) * len(objects),
+                 "object": len(objects), "attribute": len(attributes)}
+
+    scores = _score(model, splits, candidates, attributes, objects, templates, object_templates,
+                    attribute_templates, open_world, logit_scale, batch_size, num_workers, progress, vocab)
+    status = _seen_status(splits, candidates, seen_pairs)
+    metrics: dict[str, float] = {"n_candidate_pairs": float(len(candidates)),
+                                 "n_open_pairs": float(n_classes["pair_open"])}
+    metrics.update({f"chance/{t}_top1": 1.0 / n_classes[t] for t in scores.top})
+    for group, mask in _groups(scores, splits, status, candidates, seen_pairs is not None).items():
+        metrics.update(_group_metrics(scores, group, mask, n_classes))
+
+    curve = None
+    if status is not None and scores.pair_scores is not None:
+        unseen = np.array([status[p] is False for p in candidates])  # [P]
+        image_unseen = unseen[scores.targets["pair"].numpy()]
+        if image_unseen.any() and (~image_unseen).any():
+            curve = czsl_curve(scores.pair_scores.numpy(), scores.targets["pair"].numpy(), unseen)
+            metrics.update(curve.metrics())
+    contamination = None
+    if seen_pairs is not None:
+        contamination = _contamination(splits, candidates, seen_pairs)
+        metrics["contamination/pairs_in_training"] = float(contamination["pairs_in_training"])
+    return EvalResult(metrics, _table(scores, splits, candidates, status, n_classes), candidates, curve,
+                      contamination)

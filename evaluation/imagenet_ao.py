@@ -1,4 +1,4 @@
-"""Read one ImageNet-AO-format root: ``root/<attribute object>/<images>``.
+"""Read ImageNet-AO-format folders: ``root/<attribute object>/<images>``.
 
 One folder per (attribute, object) pair; the folder name separates words with
 spaces or underscores (``"red circle"``, ``"red_sea_lion"``).  Each pair becomes
@@ -6,33 +6,29 @@ one class; items are ``(image_tensor [3, H, W], class_index)``.
 
 Usage::
 
-    from evaluation.imagenet_ao import AOFolder
-    ds = AOFolder("world/imagenet_ao/unseen", transform=preprocess,
-                  objects=["sea lion", "circle"])       # vocab resolves multi-word names
-    ds.pairs[0]          # ("red", "circle")   (sorted by (attribute, object))
-    ds.classnames[0]     # "red circle"
+    from data_filters.vocab import load_vocabulary
+    from evaluation.imagenet_ao import AOFolder, load_benchmark
+    vocab = load_vocabulary("world:outputs/toyworld/<hash>")      # or builtin, benchmark:DIR, a file
+    ds = AOFolder("world/imagenet_ao/unseen", transform=preprocess, vocab=vocab)
+    ds.pairs[0]          # ("red", "circle")   (canonical names, sorted)
     ds.skipped           # {"empty_folders": 1, "unreadable_images": 0, "unparsed_folders": 0}
-    image, label = ds[0]
+    splits = load_benchmark("world/imagenet_ao", transform=preprocess, vocab=vocab)  # {"seen": .., "unseen": ..}
 
 Folder name -> (attribute, object):
-  * words are split on spaces and underscores; the result always uses spaces.
-  * with ``attributes`` and/or ``objects`` vocabularies, every split point is
-    tried and the first (shortest attribute) whose attribute is in
-    ``attributes`` and object in ``objects`` wins (matching ignores case and
-    ``_``/space; the vocabulary's spelling is kept).  A vocabulary that is not
-    given does not constrain its side.  Folders that do not resolve are skipped
-    and counted in ``skipped["unparsed_folders"]``.
-  * without vocabularies: split at the first separator (single-word attribute,
-    the rest is the object).  A name with a single word is unparsed.
-  * two folders that name the same pair (``"red circle"`` and ``"red_circle"``)
-    are merged into one class.
+  * with a vocabulary (data_filters' :class:`~data_filters.vocab.Vocabulary`, the one the
+    caption parser uses), ``vocab.split_pair`` tries every cut and maps both sides to their
+    canonical names, so multi-word objects ("sea lion"), plurals and synonyms resolve the same
+    way they do in training captions;
+  * without one: split at the first separator (single-word attribute, the rest is the object).
+  * a folder that does not resolve is an error naming it (``skip_unknown=True`` counts it in
+    ``skipped["unparsed_folders"]`` instead);
+  * two folders that name the same pair (``"red circle"`` and ``"red_circle"``) are merged.
 
 Unreadable images: with ``verify=True`` (the default) every file is checked once
 at construction with ``PIL.Image.verify()``; failures are dropped and counted in
-``skipped["unreadable_images"]`` (cheap for small images; for JPEGs verify only
-parses headers, so a truncated file can still fail later).  Any file that fails
-to decode in ``__getitem__`` raises :class:`UnreadableImageError` naming the
-file, rather than a bare PIL error deep inside a DataLoader worker.  Pair
+``skipped["unreadable_images"]`` (for JPEGs verify only parses headers, so a
+truncated file can still fail later).  A file that fails to decode in
+``__getitem__`` raises :class:`UnreadableImageError` naming the file.  Pair
 folders left with no usable image count as ``empty_folders``.
 """
 
@@ -40,11 +36,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
+
+if TYPE_CHECKING:
+    from data_filters.vocab import Vocabulary
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -55,47 +54,18 @@ class UnreadableImageError(RuntimeError):
     """An image file in an AOFolder could not be decoded by PIL."""
 
 
-def _norm(name: str) -> str:
-    """Matching key: lower case, '_' and runs of whitespace -> one space."""
-    return " ".join(_SEP.split(name.strip())).lower()
-
-
-def _vocab_index(words: Sequence[str] | None) -> dict[str, str] | None:
-    """Matching key -> display spelling ('_' -> ' '), or None if no vocabulary."""
-    if words is None:
-        return None
-    return {_norm(w): " ".join(_SEP.split(w.strip())) for w in words}
-
-
-def parse_pair_name(
-    name: str,
-    attributes: Sequence[str] | None = None,
-    objects: Sequence[str] | None = None,
-) -> tuple[str, str] | None:
+def parse_pair_name(name: str, vocab: "Vocabulary | None" = None) -> tuple[str, str] | None:
     """Split a folder name into (attribute, object); None if it does not resolve.
 
-    >>> parse_pair_name("red_sea_lion", objects=["sea lion"])
-    ('red', 'sea lion')
     >>> parse_pair_name("red sea_lion")
     ('red', 'sea lion')
     """
+    if vocab is not None:
+        return vocab.split_pair(name)
     words = [w for w in _SEP.split(name.strip()) if w]
     if len(words) < 2:
         return None
-    attr_vocab, obj_vocab = _vocab_index(attributes), _vocab_index(objects)
-    if attr_vocab is None and obj_vocab is None:
-        return words[0], " ".join(words[1:])
-    for cut in range(1, len(words)):
-        attr, obj = " ".join(words[:cut]), " ".join(words[cut:])
-        if attr_vocab is not None and attr.lower() not in attr_vocab:
-            continue
-        if obj_vocab is not None and obj.lower() not in obj_vocab:
-            continue
-        # Keep the vocabulary's spelling so prompts match the training captions.
-        attr = attr_vocab[attr.lower()] if attr_vocab is not None else attr
-        obj = obj_vocab[obj.lower()] if obj_vocab is not None else obj
-        return attr, obj
-    return None
+    return words[0], " ".join(words[1:])
 
 
 def _is_readable(path: Path) -> bool:
@@ -125,22 +95,23 @@ class AOFolder(torch.utils.data.Dataset):
         self,
         root: str | Path,
         transform: Callable | None = None,
-        attributes: Sequence[str] | None = None,
-        objects: Sequence[str] | None = None,
+        vocab: "Vocabulary | None" = None,
         verify: bool = True,
+        skip_unknown: bool = False,
     ):
         self.root = Path(root)
         self.transform = transform
         if not self.root.is_dir():
-            raise FileNotFoundError(f"ImageNet-AO root not found or not a directory: {self.root}")
+            raise FileNotFoundError(f"ImageNet-AO folder not found or not a directory: {self.root}")
         self.skipped = {"empty_folders": 0, "unreadable_images": 0, "unparsed_folders": 0}
 
         # pair -> image paths; several folders may name the same pair.
         by_pair: dict[tuple[str, str], list[Path]] = {}
+        unknown: list[str] = []
         for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            pair = parse_pair_name(folder.name, attributes, objects)
+            pair = parse_pair_name(folder.name, vocab)
             if pair is None:
-                self.skipped["unparsed_folders"] += 1
+                unknown.append(folder.name)
                 continue
             files = sorted(
                 f for f in folder.iterdir()
@@ -155,9 +126,14 @@ class AOFolder(torch.utils.data.Dataset):
                 continue
             by_pair.setdefault(pair, []).extend(files)
 
+        if unknown and not skip_unknown:
+            where = f"vocabulary {vocab.source or '(given)'}" if vocab is not None else "'<attribute> <object>' form"
+            shown = ", ".join(repr(n) for n in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+            raise ValueError(f"{len(unknown)} folder(s) under {self.root} do not name a pair of the {where}: {shown}")
+        self.skipped["unparsed_folders"] = len(unknown)
         if not by_pair:
             raise ValueError(
-                f"no usable <attribute object> image folder under {self.root} (skipped: {self.skipped})"
+                f"no <attribute object> folder with images under {self.root} (skipped: {self.skipped})"
             )
         self.pairs: list[tuple[str, str]] = sorted(by_pair)
         self.samples: list[tuple[Path, int]] = [
@@ -184,3 +160,43 @@ class AOFolder(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         return f"AOFolder({str(self.root)!r}, pairs={len(self.pairs)}, images={len(self)}, skipped={self.skipped})"
+
+
+def _holds_images(folder: Path) -> bool:
+    return any(f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS for f in folder.iterdir())
+
+
+def split_folders(benchmark: str | Path | Mapping[str, str | Path]) -> dict[str, Path]:
+    """Split name -> folder of ``<attribute object>/`` dirs.
+
+    A mapping is taken as given.  A folder whose sub-folders hold images is one split named after
+    the folder ("ImageNet-AO-filtered"); a folder of such folders (the toy world's
+    ``imagenet_ao/{seen,unseen}``) gives one split per sub-folder.
+    """
+    if isinstance(benchmark, Mapping):
+        return {str(k): Path(v) for k, v in benchmark.items()}
+    root = Path(benchmark)
+    if not root.is_dir():
+        raise FileNotFoundError(f"benchmark folder not found: {root}")
+    subs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not subs:
+        raise ValueError(f"benchmark folder {root} has no sub-folders: expected <attribute object>/ folders of images")
+    if any(_holds_images(p) for p in subs):
+        return {root.name: root}
+    nested = {p.name: p for p in subs if any(q.is_dir() and _holds_images(q) for q in p.iterdir())}
+    if not nested:
+        raise ValueError(f"no images under {root}: expected {root}/<attribute object>/<images> "
+                         f"or {root}/<split>/<attribute object>/<images>")
+    return nested
+
+
+def load_benchmark(
+    benchmark: str | Path | Mapping[str, str | Path],
+    transform: Callable | None = None,
+    vocab: "Vocabulary | None" = None,
+    verify: bool = True,
+    skip_unknown: bool = False,
+) -> dict[str, AOFolder]:
+    """One :class:`AOFolder` per split of ``benchmark`` (see :func:`split_folders`)."""
+    return {name: AOFolder(path, transform, vocab, verify, skip_unknown)
+            for name, path in split_folders(benchmark).items()}

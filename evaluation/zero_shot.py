@@ -1,20 +1,19 @@
-"""Zero-shot building blocks: text classifiers from prompt templates, image features.
+"""Zero-shot text side: text classifiers from prompt templates.
 
 Usage::
 
-    from evaluation.zero_shot import text_classifier, image_features, SIMPLE_TEMPLATES
+    from evaluation.zero_shot import text_classifier, resolve_templates
     W = text_classifier(model.encode_text, tokenizer, ["red circle", "blue square"],
-                        SIMPLE_TEMPLATES)                     # [C, D], unit rows
-    feats, targets = image_features(model.encode_image, loader)  # [N, D], [N]
-    logits = 100.0 * feats @ W.T                                  # [N, C]
+                        resolve_templates("openai"))          # [C, D], unit rows
+    logits = 100.0 * image_feats @ W.T                         # [N, C]
 
 Templates are either format strings with one ``{}`` (``"a photo of a {}."``) or
 callables ``classname -> str`` (open_clip stores ``OPENAI_IMAGENET_TEMPLATES``
 as lambdas).  ``OPENAI_IMAGENET_TEMPLATES`` is loaded from open_clip lazily on
 first access, so importing this module does not import open_clip.
 
-Both functions run under ``torch.no_grad()`` and return float32 CPU tensors;
-put the model in eval mode yourself (they only see bound methods).
+``text_classifier`` runs under ``torch.no_grad()`` and returns a float32 CPU tensor; put the
+model in eval mode yourself (it only sees a bound method).
 """
 
 from __future__ import annotations
@@ -36,6 +35,21 @@ def __getattr__(name: str):
 
         return OPENAI_IMAGENET_TEMPLATES
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def resolve_templates(spec) -> list[Template]:
+    """Templates from config: "openai" (open_clip's 80 ImageNet templates), "simple", or a list of strings."""
+    if isinstance(spec, str):
+        named = {"openai": lambda: list(__getattr__("OPENAI_IMAGENET_TEMPLATES")), "simple": lambda: list(SIMPLE_TEMPLATES)}
+        if spec not in named:
+            raise ValueError(f"unknown template set {spec!r}: use openai, simple or a list of strings with {{}}")
+        return named[spec]()
+    templates = list(spec)
+    if not templates:
+        raise ValueError("the template list is empty")
+    for t in templates:
+        format_prompt(t, "x")  # a template without a slot fails here, before any encoding
+    return templates
 
 
 def format_prompt(template: Template, classname: str) -> str:
@@ -78,30 +92,3 @@ def text_classifier(
         feats.append(F.normalize(encode_text(tokens).float(), dim=-1).cpu())  # [B, D]
     per_prompt = torch.cat(feats).view(len(classnames), len(templates), -1)  # [C, T, D]
     return F.normalize(per_prompt.mean(dim=1), dim=-1)  # [C, D]
-
-
-@torch.no_grad()
-def image_features(
-    encode_image: Callable[[torch.Tensor], torch.Tensor],
-    loader: Iterable,
-    device: str | torch.device = "cpu",
-    progress: bool = False,
-    desc: str = "images",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encode every batch ``(images [B,3,H,W], targets [B], ...)`` of ``loader``.
-
-    Returns ``([N, D] L2-normalised float32, [N] int64 targets)`` on CPU.
-    """
-    if progress:
-        from tqdm.auto import tqdm
-
-        loader = tqdm(loader, desc=desc, leave=False)
-    feats, targets = [], []
-    for batch in loader:
-        images, labels = batch[0], batch[1]
-        out = encode_image(images.to(device, non_blocking=True))  # [B, D]
-        feats.append(F.normalize(out.float(), dim=-1).cpu())
-        targets.append(torch.as_tensor(labels, dtype=torch.long).cpu())
-    if not feats:
-        raise ValueError("image_features got an empty loader")
-    return torch.cat(feats), torch.cat(targets)

@@ -16,19 +16,24 @@ import sys
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from data_filters.vocab import Vocabulary
 from evaluation import (
     SIMPLE_TEMPLATES,
     AOFolder,
     EvalResult,
+    HeadModel,
     UnreadableImageError,
-    evaluate_zero_shot,
+    ZeroShotModel,
+    evaluate,
+    load_benchmark,
+    resolve_templates,
     text_classifier,
-    topk_correct,
 )
 from evaluation.metrics import class_mean_accuracy
 
@@ -36,6 +41,7 @@ COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yello
 OBJECTS = ["circle", "square", "sea lion"]  # grey level index: 0, 1, 2
 ATTRS = ["red", "green", "blue"]  # channel index: 0, 1, 2
 ATTR_VOCAB = ["red", "green", "blue", "yellow"]
+VOCAB = Vocabulary.build({a: [] for a in ATTR_VOCAB}, {o: [] for o in OBJECTS}, {a: "colour" for a in ATTR_VOCAB})
 UNSEEN = ["red circle", "green_circle", "blue_square", "red_sea_lion"]
 SEEN = ["red square", "green square", "blue circle"]
 ALL_PAIRS = sorted(
@@ -77,7 +83,11 @@ def world(tmp_path: Path) -> dict[str, Path]:
 
 
 def _splits(world, **kw) -> dict[str, AOFolder]:
-    return {s: AOFolder(p, attributes=ATTR_VOCAB, objects=OBJECTS, **kw) for s, p in world.items()}
+    return {s: AOFolder(p, vocab=VOCAB, skip_unknown=True, **kw) for s, p in world.items()}
+
+
+def _oracle(object_shift: int = 0, tokenizer=None) -> ZeroShotModel:
+    return ZeroShotModel(make_encode_image(object_shift), oracle_encode_text, tokenizer or oracle_tokenizer)
 
 
 # ---------------------------------------------------------------- fake model
@@ -114,7 +124,7 @@ def make_encode_image(object_shift: int = 0):
 
 # ------------------------------------------------------------------ AOFolder
 def test_aofolder_parses_with_vocab_and_counts_skips(world):
-    ds = AOFolder(world["unseen"], attributes=ATTR_VOCAB, objects=OBJECTS)
+    ds = AOFolder(world["unseen"], vocab=VOCAB, skip_unknown=True)
     assert ds.pairs == [("blue", "square"), ("green", "circle"), ("red", "circle"), ("red", "sea lion")]
     assert ds.classnames[-1] == "red sea lion"
     # nosplit + dark_red_circle ("dark red" is no attribute); broken.png; yellow circle.
@@ -126,8 +136,32 @@ def test_aofolder_parses_with_vocab_and_counts_skips(world):
     assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and label == 0
 
 
+def test_aofolder_names_outside_the_vocabulary_are_an_error(world):
+    with pytest.raises(ValueError, match=r"2 folder\(s\) .* 'dark_red_circle', 'nosplit'"):
+        AOFolder(world["unseen"], vocab=VOCAB)
+
+
+def test_aofolder_resolves_plurals_synonyms_and_multiword_names(tmp_path):
+    vocab = Vocabulary.build({"grey": ["gray"], "red": []}, {"sea lion": [], "circle": []},
+                             {"grey": "colour", "red": "colour"})
+    root = _write_root(tmp_path / "r", ["red sea_lions", "red_circle"], per_pair=1)
+    (root / "Gray Circle").mkdir()
+    _image("red", "circle").save(root / "Gray Circle" / "a.png")
+    ds = AOFolder(root, vocab=vocab)
+    assert ds.pairs == [("grey", "circle"), ("red", "circle"), ("red", "sea lion")]
+
+
+def test_load_benchmark_finds_splits_or_one_folder(world, tmp_path):
+    splits = load_benchmark(world["unseen"].parent, vocab=VOCAB, skip_unknown=True)
+    assert set(splits) == {"unseen", "seen"} and splits["seen"].pairs == _splits(world)["seen"].pairs
+    assert set(load_benchmark(world["seen"], vocab=VOCAB)) == {"seen"}
+    (tmp_path / "empty" / "a" / "b").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no images"):
+        load_benchmark(tmp_path / "empty")
+
+
 def test_aofolder_without_vocab_splits_at_first_separator(world):
-    ds = AOFolder(world["unseen"])
+    ds = AOFolder(world["unseen"], skip_unknown=True)
     assert ("dark", "red circle") in ds.pairs and ("red", "sea lion") in ds.pairs
     assert ds.skipped == {"empty_folders": 1, "unreadable_images": 1, "unparsed_folders": 1}
 
@@ -140,7 +174,7 @@ def test_aofolder_deterministic_and_merges_spellings(tmp_path):
 
 
 def test_aofolder_unverified_bad_image_raises_naming_file(world):
-    ds = AOFolder(world["unseen"], attributes=ATTR_VOCAB, objects=OBJECTS, verify=False)
+    ds = AOFolder(world["unseen"], vocab=VOCAB, verify=False, skip_unknown=True)
     assert ds.skipped["unreadable_images"] == 0
     bad = next(i for i, (p, _) in enumerate(ds.samples) if p.name == "broken.png")
     with pytest.raises(UnreadableImageError, match="broken.png"):
@@ -151,7 +185,7 @@ def test_aofolder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing"):
         AOFolder(tmp_path / "missing")
     (tmp_path / "only" / "red circle").mkdir(parents=True)
-    with pytest.raises(ValueError, match="no usable"):
+    with pytest.raises(ValueError, match="no <attribute object> folder with images"):
         AOFolder(tmp_path / "only")
 
 
@@ -181,49 +215,87 @@ def test_text_classifier_normalises_then_averages_then_renormalises():
         text_classifier(encode_text, _hash_tokenizer, names, ["no slot"])
 
 
-def test_topk_and_class_mean():
-    logits = torch.tensor([[3.0, 2.0, 1.0], [0.0, 1.0, 2.0], [1.0, 0.0, 0.0]])
-    targets = torch.tensor([1, 2, 0])
-    assert topk_correct(logits, targets, 1).tolist() == [False, True, True]
-    assert topk_correct(logits, targets, 2).tolist() == [True, True, True]
-    assert topk_correct(logits, targets, 5).all()  # capped at C
+def test_templates_by_name_and_class_mean():
+    assert len(resolve_templates("openai")) == 80 and resolve_templates("simple") == list(SIMPLE_TEMPLATES)
+    with pytest.raises(ValueError, match="unknown template set"):
+        resolve_templates("fancy")
+    with pytest.raises(ValueError, match="slot"):
+        resolve_templates(["a photo"])
     correct = torch.tensor([True, True, False, False])
     assert class_mean_accuracy(correct, torch.tensor([0, 0, 0, 2]), 4) == pytest.approx(1 / 3)
 
 
 # ------------------------------------------------------------ zero-shot eval
-def test_oracle_model_is_perfect_and_text_side_runs_once(world):
+def test_oracle_model_is_perfect_and_text_side_is_encoded_once(world):
     calls = []
     tokenizer = lambda texts: (calls.append(len(texts)), oracle_tokenizer(texts))[1]
-    result = evaluate_zero_shot(
-        make_encode_image(), oracle_encode_text, tokenizer, _splits(world), SIMPLE_TEMPLATES, batch_size=1000
-    )
-    assert len(calls) == 3  # pair, object, attribute classifiers: once each, not per split
+    model = _oracle(tokenizer=tokenizer)
+    result = evaluate(model, _splits(world), SIMPLE_TEMPLATES, batch_size=1000)
+    # open-world grid (its rows serve the closed world too), objects, attributes: once each, not per split
+    assert calls == [4 * 9, 4 * 3, 4 * 3]
     m = result.metrics
     for s, n_pairs in (("unseen", 4), ("seen", 3)):
-        for key in ("pair_top1", "pair_top5", "pair_top1_class_mean", "object_top1", "attribute_top1"):
-            assert m[f"{s}/{key}"] == 1.0, key
+        for task in ("pair", "pair_open", "object", "attribute"):
+            for key in ("top1", "top5", "top1_class_mean"):
+                assert m[f"{s}/{task}_{key}"] == 1.0, (s, task, key)
         assert m[f"{s}/n_pairs"] == n_pairs and m[f"{s}/n_images"] == 2 * n_pairs
     assert result.candidate_pairs == ALL_PAIRS
-    assert m["n_candidate_pairs"] == 7.0
-    assert m["chance/pair_top1"] == pytest.approx(1 / 7)
+    assert m["n_candidate_pairs"] == 7.0 and m["n_open_pairs"] == 9.0
+    assert m["chance/pair_top1"] == pytest.approx(1 / 7) and m["chance/pair_open_top1"] == pytest.approx(1 / 9)
     assert m["chance/object_top1"] == pytest.approx(1 / 3)
     assert m["chance/attribute_top1"] == pytest.approx(1 / 3)
+    assert m["czsl/best_hm"] == 1.0 and m["czsl/auc"] == 1.0  # a perfect model needs no calibration
     assert all(type(v) is float for v in m.values())
     assert len(result.table) == 7 and all(row["pair_top1"] == 1.0 for row in result.table)
+    # A second call with the same weights reuses every text classifier.
+    assert evaluate(model, _splits(world), SIMPLE_TEMPLATES).metrics == m and len(calls) == 3
+    model.clear_cache()
+    evaluate(model, _splits(world), SIMPLE_TEMPLATES)
+    assert len(calls) == 6
 
 
 def test_model_wrong_about_objects(world):
-    result = evaluate_zero_shot(
-        make_encode_image(object_shift=1), oracle_encode_text, oracle_tokenizer, _splits(world), SIMPLE_TEMPLATES
-    )
-    m = result.metrics
+    m = evaluate(_oracle(object_shift=1), _splits(world), SIMPLE_TEMPLATES).metrics
     for s in ("unseen", "seen"):
         assert m[f"{s}/object_top1"] == 0.0
         assert m[f"{s}/attribute_top1"] == 1.0
-        assert m[f"{s}/pair_top1"] == 0.0
+        assert m[f"{s}/pair_open_top1"] == 0.0  # the open world holds the wrong pair it sees
         assert m[f"{s}/pair_top5"] >= m[f"{s}/pair_top1"]
         assert m[f"{s}/object_top5"] == 1.0  # top-5 capped at 3 objects
+
+
+def test_seen_pairs_from_training_regroup_and_report_contamination(world):
+    # Training data held one benchmark pair of the "unseen" folder: it is seen, and reported.
+    trained = {("red", "square"): 5, ("green", "square"): 2, ("blue", "circle"): 1, ("red", "circle"): 7}
+    result = evaluate(_oracle(), _splits(world), SIMPLE_TEMPLATES, seen_pairs=trained)
+    m = result.metrics
+    assert m["seen/n_pairs"] == 4 and m["unseen/n_pairs"] == 3 and m["seen/n_images"] == 8
+    assert m["contamination/pairs_in_training"] == 4
+    leaked = [p for p in result.contamination["pairs"] if p["splits"] == ["unseen"]]
+    assert leaked == [{"attribute": "red", "object": "circle", "training_count": 7, "splits": ["unseen"]}]
+    assert {r["seen"] for r in result.table if (r["attribute"], r["object"]) == ("red", "circle")} == {True}
+
+
+def test_supervised_head_shares_the_object_table(world):
+    # A "supervised" model: the oracle's object reading, as logits over head classes in another order
+    # and with an extra class the benchmark does not have.
+    classes = ["square", "dog", "Sea_Lion", "circle"]
+
+    def classify(images):
+        feats = make_encode_image()(images)[:, len(ATTRS):]  # [B, 3] one-hot over OBJECTS
+        logits = torch.zeros(len(images), len(classes))
+        logits[:, [3, 0, 2]] = feats  # OBJECTS order: circle, square, sea lion
+        return logits
+
+    head = evaluate(HeadModel(classify, classes), _splits(world), vocab=VOCAB)
+    clip = evaluate(_oracle(), _splits(world), SIMPLE_TEMPLATES)
+    for s in ("unseen", "seen"):
+        assert head.metrics[f"{s}/object_top1"] == clip.metrics[f"{s}/object_top1"] == 1.0
+        assert f"{s}/pair_top1" not in head.metrics
+    assert head.metrics["chance/object_top1"] == clip.metrics["chance/object_top1"]
+    assert [r["object_top1"] for r in head.table] == [r["object_top1"] for r in clip.table]
+    with pytest.raises(ValueError, match="no class for 1 benchmark object.*sea lion"):
+        evaluate(HeadModel(classify, ["square", "dog", "seal", "circle"]), _splits(world))
 
 
 def test_import_does_not_pull_lightning_or_open_clip():
@@ -231,29 +303,81 @@ def test_import_does_not_pull_lightning_or_open_clip():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
 
-def test_real_open_clip_model_end_to_end(world, tmp_path):
+# ------------------------------------------- against a direct numpy computation
+def _tiny_clip():
     open_clip = pytest.importorskip("open_clip")
-    from evaluation import OPENAI_IMAGENET_TEMPLATES
-
-    assert len(OPENAI_IMAGENET_TEMPLATES) == 80 and callable(OPENAI_IMAGENET_TEMPLATES[0])
     torch.manual_seed(0)
     model = open_clip.CLIP(
         embed_dim=32,
         vision_cfg=open_clip.CLIPVisionCfg(layers=1, width=32, patch_size=8, image_size=32, head_width=16),
         text_cfg=open_clip.CLIPTextCfg(context_length=16, vocab_size=49408, width=32, heads=2, layers=1),
     ).eval()
-    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=16)
-    result = evaluate_zero_shot(
-        model.encode_image, model.encode_text, tokenizer, _splits(world), SIMPLE_TEMPLATES,
+    return model, open_clip.tokenizer.SimpleTokenizer(context_length=16)
+
+
+def _numpy_classifier(model, tokenizer, names, templates) -> np.ndarray:
+    """Encode each prompt alone, normalise, average per class, renormalise: [C, D]."""
+    rows = []
+    for name in names:
+        with torch.no_grad():
+            feats = np.stack([model.encode_text(tokenizer([t.format(name)]))[0].numpy() for t in templates])
+        feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+        mean = feats.mean(0)
+        rows.append(mean / np.linalg.norm(mean))
+    return np.stack(rows)
+
+
+def test_accuracies_equal_a_direct_numpy_computation(world):
+    model, tokenizer = _tiny_clip()
+    splits = _splits(world)
+    templates = ["a photo of a {}.", "{}"]
+    result = evaluate(ZeroShotModel(model.encode_image, model.encode_text, tokenizer), splits, templates,
+                      batch_size=3)
+
+    pairs = sorted({p for ds in splits.values() for p in ds.pairs})
+    attrs, objs = sorted({a for a, _ in pairs}), sorted({o for _, o in pairs})
+    grid = [(a, o) for a in attrs for o in objs]
+    classifiers = {
+        "pair": (_numpy_classifier(model, tokenizer, [f"{a} {o}" for a, o in pairs], templates), pairs),
+        "pair_open": (_numpy_classifier(model, tokenizer, [f"{a} {o}" for a, o in grid], templates), grid),
+        "object": (_numpy_classifier(model, tokenizer, objs, templates), objs),
+        "attribute": (_numpy_classifier(model, tokenizer, [f"{a} object" for a in attrs], templates), attrs),
+    }
+    for split, ds in splits.items():
+        images = torch.stack([ds[i][0] for i in range(len(ds))])
+        with torch.no_grad():
+            feats = model.encode_image(images).numpy()
+        feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+        truth = [ds.pairs[y] for _, y in ds.samples]
+        for task, (w, labels) in classifiers.items():
+            key = {"pair": lambda p: p, "pair_open": lambda p: p, "object": lambda p: p[1],
+                   "attribute": lambda p: p[0]}[task]
+            y = np.array([labels.index(key(p)) for p in truth])
+            order = np.argsort(-(100.0 * feats @ w.T), axis=1)  # [N, C] best first
+            top1, top5 = order[:, 0] == y, (order[:, :5] == y[:, None]).any(1)
+            per_class = [top1[y == c].mean() for c in np.unique(y)]
+            assert result.metrics[f"{split}/{task}_top1"] == pytest.approx(top1.mean(), abs=1e-12), (split, task)
+            assert result.metrics[f"{split}/{task}_top5"] == pytest.approx(top5.mean(), abs=1e-12), (split, task)
+            assert result.metrics[f"{split}/{task}_top1_class_mean"] == pytest.approx(np.mean(per_class), abs=1e-12)
+
+
+def test_real_open_clip_model_end_to_end(world, tmp_path):
+    model, tokenizer = _tiny_clip()
+    from evaluation import OPENAI_IMAGENET_TEMPLATES
+
+    assert len(OPENAI_IMAGENET_TEMPLATES) == 80 and callable(OPENAI_IMAGENET_TEMPLATES[0])
+    result = evaluate(
+        ZeroShotModel(model.encode_image, model.encode_text, tokenizer), _splits(world), SIMPLE_TEMPLATES,
         batch_size=4, attribute_templates=OPENAI_IMAGENET_TEMPLATES[:3],
     )
-    per_split = ["pair_top1", "pair_top5", "pair_top1_class_mean", "object_top1", "object_top5",
-                 "attribute_top1", "attribute_top5", "n_images", "n_pairs"]
-    expected = {f"{s}/{k}" for s in ("unseen", "seen") for k in per_split}
-    expected |= {"n_candidate_pairs", "chance/pair_top1", "chance/object_top1", "chance/attribute_top1"}
-    assert set(result.metrics) == expected
+    tasks = ("pair", "pair_open", "object", "attribute")
+    per_group = [f"{t}_{k}" for t in tasks for k in ("top1", "top5", "top1_class_mean")] + ["n_images", "n_pairs"]
+    expected = {f"{s}/{k}" for s in ("unseen", "seen") for k in per_group}
+    expected |= {"n_candidate_pairs", "n_open_pairs"} | {f"chance/{t}_top1" for t in tasks}
+    assert set(result.metrics) - expected == {k for k in result.metrics if k.startswith("czsl/")}
+    assert expected <= set(result.metrics)
     for s in ("unseen", "seen"):
-        for k in per_split[:7]:
+        for k in per_group[:-2]:
             assert 0.0 <= result.metrics[f"{s}/{k}"] <= 1.0
         assert result.metrics[f"{s}/pair_top5"] >= result.metrics[f"{s}/pair_top1"]
 
@@ -261,7 +385,8 @@ def test_real_open_clip_model_end_to_end(world, tmp_path):
     assert json.loads(paths["metrics"].read_text()) == result.metrics
     with paths["table_csv"].open() as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 7 and set(rows[0]) == {
-        "split", "attribute", "object", "n", "pair_top1", "pair_top5", "object_top1", "attribute_top1"}
+    assert len(rows) == 7 and set(rows[0]) == {"split", "attribute", "object", "seen", "n", "pair_top1",
+                                               "pair_top5", "pair_open_top1", "object_top1", "attribute_top1"}
     assert "unseen/pair_top1" in paths["table_md"].read_text()
+    assert paths["czsl_png"].stat().st_size > 0 and paths["czsl_csv"].read_text().startswith("bias,")
     assert isinstance(result, EvalResult) and "| red | sea lion |" in result.to_markdown()

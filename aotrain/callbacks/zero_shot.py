@@ -1,9 +1,10 @@
-"""Zero-shot ImageNet-AO evaluation during training: every `every_n_steps` optimizer steps and at the end.
+"""ImageNet-AO evaluation during training: every `every_n_steps` optimizer steps and at the end.
 
-Metrics go to the Trainer's logger as `eval/<split>/<metric>` (names: evaluation/evaluate.py) and to
-`callback_metrics`, so ModelCheckpoint can monitor them. The per-pair table of the latest evaluation
-is written to `<out_dir>/eval/` and logged as artifacts by aotrain.tracking at the end of fit.
+Metrics go to the Trainer's logger as `eval/<group>/<metric>` (names: evaluation/evaluate.py) and to
+`callback_metrics`, so ModelCheckpoint can monitor them. The tables of the latest evaluation are
+written to `<out_dir>/eval/` and logged as artifacts by aotrain.tracking at the end of fit.
 Only global rank 0 evaluates; the other ranks wait for its metrics in a broadcast.
+`aotrain eval checkpoint=...` runs the same code (aotrain.benchmarks) on a saved checkpoint.
 """
 from __future__ import annotations
 
@@ -13,36 +14,28 @@ import lightning as L
 import torch
 
 from aotrain import towers
-from evaluation.evaluate import EvalResult, evaluate_zero_shot
-from evaluation.imagenet_ao import AOFolder
+from aotrain.benchmarks import Benchmark
+from evaluation.evaluate import EvalResult
+from evaluation.models import ZeroShotModel
 
 
 class ZeroShotEvaluation(L.Callback):
-    def __init__(self, benchmarks: dict, templates, model_name: str, out_dir: str,
-                 every_n_steps: int = 0, batch_size: int = 256, num_workers: int = 0):
-        self.benchmarks = {name: str(path) for name, path in benchmarks.items()}
-        self.templates = list(templates)
+    def __init__(self, benchmark: Benchmark, model_name: str, out_dir: str, every_n_steps: int = 0):
+        self.benchmark = benchmark  # loaded before training, so a bad folder fails before step 0
         self.model_name = model_name
         self.out_dir = Path(out_dir)
         self.every_n_steps = every_n_steps
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.splits: dict[str, AOFolder] = {}
         self.last: EvalResult | None = None
         self._last_step = -1
-
-    def setup(self, trainer, pl_module, stage):
-        _, eval_tf = towers.image_transforms(self.model_name)
-        self.splits = {name: AOFolder(path, transform=eval_tf) for name, path in self.benchmarks.items()}
 
     def evaluate(self, pl_module) -> EvalResult:
         was_training = pl_module.training
         pl_module.eval()
+        # A fresh adapter per call: the weights changed since the last one, so must the text classifiers.
+        model = ZeroShotModel(pl_module.encode_image, pl_module.encode_text, towers.tokenizer(self.model_name),
+                              device=pl_module.device)
         with torch.no_grad():
-            result = evaluate_zero_shot(
-                pl_module.encode_image, pl_module.encode_text, towers.tokenizer(self.model_name),
-                self.splits, self.templates, batch_size=self.batch_size,
-                num_workers=self.num_workers, device=pl_module.device)
+            result = self.benchmark.run(model)
         pl_module.train(was_training)
         return result
 

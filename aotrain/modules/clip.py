@@ -50,6 +50,9 @@ class CLIPModule(L.LightningModule):
         with torch.no_grad():
             self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["aotrain_module"] = "clip"  # aotrain eval (aotrain/checkpoints.py) reads which kind it holds
+
     def configure_optimizers(self):
         return build_optimizer(self.model, total_steps=self.hparams.total_steps, **self.hparams.optim)
 

@@ -1,0 +1,89 @@
+"""Models for evaluation from files: an aotrain Lightning checkpoint, or an open_clip config plus weights.
+
+    model, info = load_checkpoint("outputs/runs/toy_low_nmi-.../checkpoints/last.ckpt")
+    model, info = load_open_clip("ViT-B-32", "/data/weights/vit_b32_cc12m.pt")
+    # model: an open_clip CLIP in eval mode; info: {"model_name", "step", "run_dir", "source"}
+
+Errors a user can cause (missing file, unknown model, weights that do not fit the architecture)
+are ValueError/FileNotFoundError with one clear message; the CLI prints it without a traceback.
+Files are read with torch.load(weights_only=True): tensors and plain containers only, no pickled
+code from someone else's file.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from aotrain import towers
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for files that are not checkpoints
+        raise ValueError(f"cannot read {path} as a torch checkpoint: {str(e).splitlines()[0]}") from None
+
+
+def _strip(state: dict, prefix: str) -> dict:
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def load_weights(model: torch.nn.Module, state: dict, source: str, model_name: str) -> None:
+    """Load `state` strictly; a mismatch names the first differing tensors instead of a wall of keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shapes:
+        details = []
+        if shapes:
+            k = shapes[0]
+            details.append(f"{len(shapes)} tensor(s) differ in shape (e.g. {k}: file {tuple(state[k].shape)} "
+                           f"vs model {tuple(own[k].shape)})")
+        if missing:
+            details.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        raise ValueError(f"the weights in {source} do not fit model {model_name}: {'; '.join(details)}")
+    model.load_state_dict(state)
+
+
+def _run_dir(path: Path) -> Path | None:
+    """<run_dir>/checkpoints/<file>.ckpt -> <run_dir>, when that folder holds the run's config.yaml."""
+    run_dir = path.resolve().parent.parent
+    return run_dir if (run_dir / "config.yaml").is_file() else None
+
+
+def load_checkpoint(path, model_name: str | None = None):
+    """(CLIP in eval mode, info) from an aotrain Lightning checkpoint; `model_name` overrides the saved one."""
+    path = Path(path)
+    ckpt = _read(path)
+    if "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise ValueError(f"{path} is not an aotrain checkpoint (no state_dict/hyper_parameters); "
+                         "for open_clip weights use model_name=NAME weights=PATH")
+    kind = ckpt.get("aotrain_module", "clip")
+    if kind != "clip":
+        raise ValueError(f"{path} holds a {kind!r} module; aotrain eval reads CLIP checkpoints")
+    name = model_name or ckpt["hyper_parameters"]["model_name"]
+    model = towers.build_clip(name)
+    load_weights(model, _strip(ckpt["state_dict"], "model."), str(path), name)
+    info = {"model_name": name, "step": int(ckpt.get("global_step", 0)), "run_dir": _run_dir(path),
+            "source": str(path.resolve())}
+    return model.eval(), info
+
+
+def load_open_clip(model_name: str, weights):
+    """(CLIP in eval mode, info) from an open_clip model config and a weights file (state dict, or
+    open_clip_train's {"state_dict": ...} with DDP's "module." prefix)."""
+    path = Path(weights)
+    state = _read(path)
+    if "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    model = towers.build_clip(model_name)
+    load_weights(model, _strip(state, "module."), str(path), model_name)
+    return model.eval(), {"model_name": model_name, "step": 0, "run_dir": None, "source": str(path.resolve())}

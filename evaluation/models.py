@@ -1,0 +1,79 @@
+"""What evaluation needs from a model: two small adapters, one per kind of supervision.
+
+    from evaluation.models import ZeroShotModel, HeadModel
+    clip = ZeroShotModel(model.encode_image, model.encode_text, tokenizer, device="cuda")
+    W = clip.classifier(["red circle", "blue square"], templates)   # [C, D]; cached
+    head = HeadModel(net, classes=["circle", "square"])              # a supervised classifier
+
+A CLIP-style model is evaluated zero-shot from text classifiers; a supervised model from its own
+head, whose classes are matched to the benchmark's objects by name. `evaluation.evaluate` takes
+either, so both land in one table.
+
+Text classifiers are cached per (class names, templates): the pair, open-world, object and
+attribute classifiers of a benchmark are encoded once and reused by every split and every later
+call. The cache belongs to the adapter, that is to one set of weights: after the weights change
+(training), call `clear_cache()`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .zero_shot import Template, format_prompt, text_classifier
+
+
+def template_key(templates: Sequence[Template]) -> tuple[str, ...]:
+    """A hashable identity for templates; callables are identified by the prompt they make of '{}'."""
+    return tuple(format_prompt(t, "{}") for t in templates)
+
+
+@dataclass
+class ZeroShotModel:
+    """A contrastive image-text model: unit image features against unit text classifiers."""
+
+    encode_image: Callable[[torch.Tensor], torch.Tensor]  # [B,3,H,W] -> [B,D]
+    encode_text: Callable[[torch.Tensor], torch.Tensor]  # [B,L] -> [B,D]
+    tokenizer: Callable[[list[str]], torch.Tensor]  # texts -> [B,L]
+    device: str | torch.device = "cpu"
+    text_batch_size: int = 256
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    kind = "zero_shot"
+
+    def classifier(self, classnames: Sequence[str], templates: Sequence[Template]) -> torch.Tensor:
+        """[C, D] unit class embeddings (float32, CPU), encoded at most once per (classnames, templates)."""
+        key = (tuple(classnames), template_key(templates))
+        if key not in self._cache:
+            self._cache[key] = text_classifier(self.encode_text, self.tokenizer, list(classnames), templates,
+                                               batch_size=self.text_batch_size, device=self.device)
+        return self._cache[key]
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, D] unit image features (float32, CPU)."""
+        return F.normalize(self.encode_image(images.to(self.device, non_blocking=True)).float(), dim=-1).cpu()
+
+
+@dataclass
+class HeadModel:
+    """A supervised classifier: `classify_image` gives logits over `classes` (object names)."""
+
+    classify_image: Callable[[torch.Tensor], torch.Tensor]  # [B,3,H,W] -> [B, len(classes)]
+    classes: Sequence[str]
+    device: str | torch.device = "cpu"
+
+    kind = "head"
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, H] head logits (float32, CPU)."""
+        return self.classify_image(images.to(self.device, non_blocking=True)).float().cpu()
+
+    def clear_cache(self) -> None:  # nothing cached: the head is the classifier
+        pass
