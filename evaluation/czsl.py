@@ -47,11 +47,12 @@ Accepts numpy arrays or torch tensors (converted with ``.detach().cpu().numpy()`
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from data_filters.files import atomic_path
 
 __all__ = ["CZSLCurve", "czsl_curve"]
 
@@ -125,7 +126,10 @@ class CZSLCurve:
         ax.legend(loc="upper right")
         ax.set_title(f"CZSL: AUC {self.auc:.4f}, best HM {self.best_hm:.4f}")
         fig.tight_layout()
-        return _save_figure_atomic(fig, Path(path))
+        path = Path(path)
+        with atomic_path(path, ".png") as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
+        return path
 
 
 def czsl_curve(scores, targets, unseen) -> CZSLCurve:
@@ -250,18 +254,3 @@ def _as_bool_mask(mask: np.ndarray) -> np.ndarray:
     if np.issubdtype(mask.dtype, np.number) and np.isin(mask, (0, 1)).all():
         return mask.astype(bool)
     raise ValueError(f"unseen must be a boolean mask (or 0/1), got dtype {mask.dtype}")
-
-
-def _save_figure_atomic(fig, path: Path) -> Path:
-    """Save ``fig`` as PNG via a temp file in the same folder + os.replace (no half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=120)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

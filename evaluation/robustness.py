@@ -27,16 +27,18 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from data_filters.files import atomic_path, write_text_atomic
 
 __all__ = ["RobustnessFit", "fit_effective_robustness", "load_points", "robustness_main"]
 
@@ -123,7 +125,10 @@ class RobustnessFit:
         ax.set_title(f"{self.scale} fit: slope {self.slope:.3f}, intercept {self.intercept:.3f}, R² {self.r2:.3f}",
                      fontsize=10)
         fig.tight_layout()
-        return _atomic_write(Path(path), lambda f: fig.savefig(f, format="png", dpi=120), binary=True)
+        path = Path(path)
+        with atomic_path(path, ".png") as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
+        return path
 
 
 def fit_effective_robustness(
@@ -242,14 +247,14 @@ def write_outputs(fit: RobustnessFit, out_dir: Path) -> list[Path]:
     """Write robustness.json, robustness.csv and robustness.png into ``out_dir`` (each atomically)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = fit.to_dict()
-    json_path = _atomic_write(out_dir / "robustness.json", lambda f: f.write(json.dumps(summary, indent=2) + "\n"))
-
-    def write_csv(f):
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows(summary["rows"])
-
-    csv_path = _atomic_write(out_dir / "robustness.csv", write_csv)
+    json_path = out_dir / "robustness.json"
+    write_text_atomic(json_path, json.dumps(summary, indent=2) + "\n")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    writer.writerows(summary["rows"])
+    csv_path = out_dir / "robustness.csv"
+    write_text_atomic(csv_path, buf.getvalue())
     png_path = fit.plot(out_dir / "robustness.png")
     return [json_path, csv_path, png_path]
 
@@ -378,21 +383,6 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="run name to fit the line on (repeatable; default: all runs)")
     parser.add_argument("--out", metavar="DIR", help="write robustness.json, robustness.csv, robustness.png here")
     return parser
-
-
-def _atomic_write(path: Path, write, binary: bool = False) -> Path:
-    """Call ``write(file)`` on a temp file in ``path``'s folder, then os.replace it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", newline="", encoding="utf-8")) as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 if __name__ == "__main__":
