@@ -239,6 +239,7 @@ def _group_metrics(scores: _Scores, group: str, mask: torch.Tensor, n_classes: d
 def _table(scores: _Scores, splits, candidates, status, n_classes) -> list[dict]:
     split_arr = np.array(scores.split)
     nan = float("nan")
+    index = {p: i for i, p in enumerate(candidates)}
     rows = []
     for name, ds in splits.items():
         mask = torch.from_numpy(split_arr == name)
@@ -254,7 +255,7 @@ def _table(scores: _Scores, splits, candidates, status, n_classes) -> list[dict]
             hit5 = (scores.top["pair"][mask] == y.unsqueeze(-1)).any(-1)
             per["pair_top5"] = per_class_accuracy(hit5, y, n_classes["pair"])
         for attr, obj in ds.pairs:
-            i = candidates.index((attr, obj))
+            i = index[(attr, obj)]
             seen = status.get((attr, obj)) if status else None
             row = {"split": name, "attribute": attr, "object": obj, "seen": "" if seen is None else seen,
                    "n": int(counts[i])}
@@ -268,7 +269,8 @@ def _contamination(splits, candidates, seen_pairs) -> dict:
         return int(seen_pairs[p]) if isinstance(seen_pairs, Mapping) else None
 
     found = [p for p in candidates if p in seen_pairs]
-    in_splits = {p: sorted(s for s, ds in splits.items() if p in ds.pairs) for p in found}
+    split_pairs = {s: set(ds.pairs) for s, ds in splits.items()}
+    in_splits = {p: sorted(s for s, pairs in split_pairs.items() if p in pairs) for p in found}
     return {
         "benchmark_pairs": len(candidates),
         "pairs_in_training": len(found),

@@ -339,9 +339,12 @@ def _read_metrics(file: Path) -> dict:
 
 def _run_name(file: Path) -> str:
     folder = file.resolve().parent
-    # runs/<name>/eval/metrics.json is the usual layout: the run folder names the point.
+    # runs/<name>/eval/metrics.json (the callback's) is named by the run folder; an `aotrain eval`
+    # folder beside it (runs/<name>/eval-<...>/) by both.
     if folder.name == "eval" and folder.parent.name:
-        folder = folder.parent
+        return folder.parent.name
+    if folder.name.startswith("eval-") and (folder.parent / "config.yaml").is_file():
+        return f"{folder.parent.name}/{folder.name}"
     return folder.name or str(folder)
 
 
