@@ -2,7 +2,8 @@
 
     model, info = load_checkpoint("outputs/runs/toy_low_nmi-.../checkpoints/last.ckpt")
     model, info = load_open_clip("ViT-B-32", "/data/weights/vit_b32_cc12m.pt")
-    # model: an open_clip CLIP in eval mode; info: {"model_name", "step", "run_dir", "source"}
+    adapter = evaluation_model(model, info, device="cuda")     # what evaluation.evaluate takes
+    # model: a CLIP or SupervisedNet in eval mode; info: {"kind", "model_name", "step", "run_dir", "source"}
 
 Errors a user can cause (missing file, unknown model, weights that do not fit the architecture)
 are ValueError/FileNotFoundError with one clear message; the CLI prints it without a traceback.
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 
 from aotrain import towers
+from evaluation.models import HeadModel, ZeroShotModel
 
 
 def _read(path: Path) -> dict:
@@ -60,21 +62,37 @@ def _run_dir(path: Path) -> Path | None:
 
 
 def load_checkpoint(path, model_name: str | None = None):
-    """(CLIP in eval mode, info) from an aotrain Lightning checkpoint; `model_name` overrides the saved one."""
+    """(network in eval mode, info) from an aotrain Lightning checkpoint; `model_name` overrides the saved one.
+
+    The network is an open_clip CLIP (info["kind"] == "clip") or a SupervisedNet ("supervised").
+    """
     path = Path(path)
     ckpt = _read(path)
     if "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise ValueError(f"{path} is not an aotrain checkpoint (no state_dict/hyper_parameters); "
                          "for open_clip weights use model_name=NAME weights=PATH")
     kind = ckpt.get("aotrain_module", "clip")
-    if kind != "clip":
-        raise ValueError(f"{path} holds a {kind!r} module; aotrain eval reads CLIP checkpoints")
     name = model_name or ckpt["hyper_parameters"]["model_name"]
-    model = towers.build_clip(name)
-    load_weights(model, _strip(ckpt["state_dict"], "model."), str(path), name)
-    info = {"model_name": name, "step": int(ckpt.get("global_step", 0)), "run_dir": _run_dir(path),
+    if kind == "clip":
+        net = towers.build_clip(name)
+    elif kind == "supervised":
+        from aotrain.modules.supervised import SupervisedNet
+
+        towers.model_config(name)  # clear error for an unknown name
+        net = SupervisedNet(name, ckpt["aotrain_classes"])
+    else:
+        raise ValueError(f"{path} holds a {kind!r} module, which aotrain eval cannot read")
+    load_weights(net, _strip(ckpt["state_dict"], "net."), str(path), name)
+    info = {"kind": kind, "model_name": name, "step": int(ckpt.get("global_step", 0)), "run_dir": _run_dir(path),
             "source": str(path.resolve())}
-    return model.eval(), info
+    return net.eval(), info
+
+
+def evaluation_model(net, info: dict, device):
+    """The evaluation.models adapter for a network load_checkpoint/load_open_clip returned."""
+    if info["kind"] == "supervised":
+        return HeadModel(net, net.classes, device=device)
+    return ZeroShotModel(net.encode_image, net.encode_text, towers.tokenizer(info["model_name"]), device=device)
 
 
 def load_open_clip(model_name: str, weights):
@@ -86,4 +104,5 @@ def load_open_clip(model_name: str, weights):
         state = state["state_dict"]
     model = towers.build_clip(model_name)
     load_weights(model, _strip(state, "module."), str(path), model_name)
-    return model.eval(), {"model_name": model_name, "step": 0, "run_dir": None, "source": str(path.resolve())}
+    return model.eval(), {"kind": "clip", "model_name": model_name, "step": 0, "run_dir": None,
+                          "source": str(path.resolve())}

@@ -18,13 +18,11 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from aotrain import towers
 from aotrain.benchmarks import Benchmark
-from aotrain.checkpoints import load_checkpoint, load_open_clip
+from aotrain.checkpoints import evaluation_model, load_checkpoint, load_open_clip
 from aotrain.config import UserError, to_dict
 from aotrain.tracking import log_evaluation, read_run_pointer
 from data_filters.files import publish_dir, temp_dir_for
-from evaluation.models import ZeroShotModel
 
 
 def _load_model(cfg):
@@ -108,8 +106,7 @@ def evaluate_checkpoint(cfg) -> dict:
     except (FileNotFoundError, ValueError) as e:
         raise UserError(f"benchmark: {e}") from None
 
-    model = model.to(device)
-    adapter = ZeroShotModel(model.encode_image, model.encode_text, towers.tokenizer(info["model_name"]), device=device)
+    adapter = evaluation_model(model.to(device), info, device)
     with torch.no_grad():
         result = benchmark.run(adapter, progress=True)
 

@@ -4,6 +4,7 @@ Our tiny configs live in aotrain/model_configs/*.json and are registered beside 
 (ViT-B-32, ViT-B-16, ...), so every name resolves the same way:
 
     >>> model = build_clip("toy-vit-tiny")          # random init, never downloads weights
+    >>> tower = build_vision_tower("toy-vit-tiny")  # its image tower alone (the supervised twin's)
     >>> train_tf, eval_tf = image_transforms("toy-vit-tiny")
 """
 from __future__ import annotations
@@ -41,6 +42,12 @@ def build_clip(name: str, **overrides):
     """A from-scratch open_clip CLIP (no pretrained weights). `overrides` go to open_clip.create_model."""
     model_config(name)  # clear error before open_clip's own
     return open_clip.create_model(name, pretrained=None, output_dict=True, **overrides)
+
+
+def build_vision_tower(name: str):
+    """The image tower of `build_clip(name)`, built by that same call: under the same RNG state it has
+    the CLIP twin's exact initial weights (open_clip builds the image tower first). Output [B, embed_dim]."""
+    return build_clip(name).visual
 
 
 def tokenizer(name: str):

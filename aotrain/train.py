@@ -17,8 +17,9 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import OmegaConf
 
 from aotrain.benchmarks import Benchmark
-from aotrain.callbacks.zero_shot import ZeroShotEvaluation
+from aotrain.callbacks.evaluation import BenchmarkEvaluation
 from aotrain.config import UserError, instantiate, resolve, to_dict
+from aotrain.parity import RECORD, differences, flat_params, load_record, parity_record
 from aotrain.subset import prepare_subset
 from aotrain.toyworld import generate_world, load_world
 from aotrain.tracking import curated_params, log_artifacts, make_logger, write_run_pointer
@@ -80,6 +81,16 @@ def _require_real_paths(cfg) -> None:
             raise UserError(f"no toy world (~world) but {key} points into it: {advice}")
 
 
+def check_twin(parity: dict, twin: str) -> None:
+    """Stop before training when this run is not the twin of `twin` (aotrain/parity.py)."""
+    try:
+        diffs = differences(parity, load_record(twin))
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+    if diffs:
+        raise UserError(f"parity: this run is not a twin of {twin}: " + "; ".join(diffs))
+
+
 def load_benchmark(cfg) -> Benchmark:
     """The eval section's benchmark, loaded now: a bad folder or vocabulary fails before any training."""
     try:
@@ -91,7 +102,7 @@ def load_benchmark(cfg) -> Benchmark:
 def build_callbacks(cfg, run_dir: Path) -> list:
     every = cfg.eval.every_n_steps or cfg.trainer.max_steps
     return [
-        ZeroShotEvaluation(load_benchmark(cfg), cfg.model.name, str(run_dir), every_n_steps=cfg.eval.every_n_steps),
+        BenchmarkEvaluation(load_benchmark(cfg), str(run_dir), every_n_steps=cfg.eval.every_n_steps),
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-{step}" if cfg.eval.checkpoint_monitor
                         else "{step}", save_last=True,
                         monitor=cfg.eval.checkpoint_monitor, mode="max", save_top_k=1,
@@ -104,6 +115,9 @@ def fit(cfg) -> dict:
     """Train and evaluate one config; returns (and writes to <run_dir>/summary.json) where things are."""
     world = prepare(cfg)
     run_dir = Path(cfg.paths.run_dir)
+    parity = parity_record(cfg, world)
+    if cfg.parity.twin:
+        check_twin(parity, cfg.parity.twin)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.module)
@@ -114,7 +128,8 @@ def fit(cfg) -> dict:
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, run_dir / "config.yaml")
-        logger.log_hyperparams(curated_params(cfg, world, datamodule, module))
+        (run_dir / RECORD).write_text(json.dumps(parity, indent=1) + "\n")
+        logger.log_hyperparams({**curated_params(cfg, world, datamodule, module), **flat_params(parity)})
         write_run_pointer(run_dir, cfg.logger.tracking_uri, logger)
     trainer.fit(module, datamodule=datamodule)
     if not trainer.is_global_zero:
@@ -135,7 +150,8 @@ def fit(cfg) -> dict:
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     subset_manifest = Path(cfg.data.pool).parent / "subset" / "manifest.json"  # when a subset was selected
-    log_artifacts(logger, [run_dir / "config.yaml", run_dir / "summary.json", run_dir / "eval", subset_manifest])
+    log_artifacts(logger, [run_dir / "config.yaml", run_dir / "summary.json", run_dir / RECORD, run_dir / "eval",
+                           subset_manifest])
     return summary
 
 

@@ -15,9 +15,9 @@ Tasks (zero-shot models; logits = ``logit_scale * image @ classifier.T``, unit v
   * ``pair_open``: open world, every attribute x object combination of the candidates' words;
   * ``object``: the candidates' objects (classnames ``"object"``);
   * ``attribute``: the candidates' attributes (classnames ``"attribute object"``, e.g. ``"red object"``).
-A supervised model (``HeadModel``) has the ``object`` task only: its logits restricted to the head
-classes that name the benchmark's objects (matched by vocabulary canonical name), so its object
-accuracy has the same classes and chance as a CLIP's.
+A supervised model (``HeadModel``) has the ``object`` task (and ``attribute`` with an attribute
+head): each head's logits restricted to the classes that name the benchmark's objects (attributes),
+matched by vocabulary canonical name, so its accuracy has the same classes and chance as a CLIP's.
 
 Seen status of a pair: from ``seen_pairs`` (the pairs of the training data, e.g. a subset manifest)
 when given; otherwise a split named ``seen`` or ``unseen`` says it for its pairs. With a status,
@@ -130,18 +130,20 @@ def _top(logits: torch.Tensor) -> torch.Tensor:
     return logits.topk(min(TOP_K, logits.shape[-1]), dim=-1).indices
 
 
-def _head_columns(classes: Sequence[str], objects: list[str], vocab: Vocabulary | None) -> list[int]:
-    """For each benchmark object, the head class naming it; ValueError naming objects the head lacks."""
+def _head_columns(task: str, classes: Sequence[str], names: list[str], vocab: Vocabulary | None) -> list[int]:
+    """For each benchmark object (or attribute), the head class naming it; ValueError naming what the head lacks."""
+    forms = (vocab.object_forms if task == "object" else vocab.attribute_forms) if vocab is not None else {}
+
     def canonical(name: str) -> str:
         key = phrase(name)
-        return vocab.object_forms.get(key, key) if vocab is not None else key
+        return phrase(forms.get(key, key))
 
     index = {canonical(c): i for i, c in enumerate(classes)}
-    missing = [o for o in objects if canonical(o) not in index]
+    missing = [n for n in names if canonical(n) not in index]
     if missing:
-        raise ValueError(f"the classifier head has no class for {len(missing)} benchmark object(s): "
+        raise ValueError(f"the {task} head has no class for {len(missing)} benchmark {task}(s): "
                          f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
-    return [index[canonical(o)] for o in objects]
+    return [index[canonical(n)] for n in names]
 
 
 def _score(model, splits: Mapping[str, AOFolder], candidates, attributes, objects, templates, object_templates,
@@ -161,7 +163,12 @@ def _score(model, splits: Mapping[str, AOFolder], candidates, attributes, object
         if open_world:
             weights["pair_open"] = w_all
     else:
-        head_cols = torch.tensor(_head_columns(model.classes, objects, vocab))
+        wanted = {"object": objects, "attribute": attributes}
+        unknown = set(model.classes) - set(wanted)
+        if unknown:
+            raise ValueError(f"head tasks {sorted(unknown)} are not evaluated: heads may be object, attribute")
+        head_cols = {task: torch.tensor(_head_columns(task, classes, wanted[task], vocab))
+                     for task, classes in model.classes.items()}
 
     split_names, targets, tops, pair_scores = [], {t: [] for t in TASKS}, {t: [] for t in TASKS}, []
     for name, ds in splits.items():
@@ -182,7 +189,8 @@ def _score(model, splits: Mapping[str, AOFolder], candidates, attributes, object
             targets["pair_open"].append(to_attr[local] * len(objects) + to_obj[local])
             split_names += [name] * len(local)
             if isinstance(model, HeadModel):
-                tops["object"].append(_top(feats[:, head_cols]))  # [B, <=5] over the benchmark's objects
+                for task, cols in head_cols.items():  # feats: {task: [B, H]} head logits
+                    tops[task].append(_top(feats[task][:, cols]))  # [B, <=5] over the benchmark's classes
                 continue
             for task, w in weights.items():
                 logits = logit_scale * feats @ w.T  # [B, C]

@@ -3,7 +3,7 @@
     from evaluation.models import ZeroShotModel, HeadModel
     clip = ZeroShotModel(model.encode_image, model.encode_text, tokenizer, device="cuda")
     W = clip.classifier(["red circle", "blue square"], templates)   # [C, D]; cached
-    head = HeadModel(net, classes=["circle", "square"])              # a supervised classifier
+    head = HeadModel(net.classify_image, {"object": ["circle", "square"]})   # a supervised classifier
 
 A CLIP-style model is evaluated zero-shot from text classifiers; a supervised model from its own
 head, whose classes are matched to the benchmark's objects by name. `evaluation.evaluate` takes
@@ -17,7 +17,7 @@ call. The cache belongs to the adapter, that is to one set of weights: after the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -62,18 +62,20 @@ class ZeroShotModel:
 
 @dataclass
 class HeadModel:
-    """A supervised classifier: `classify_image` gives logits over `classes` (object names)."""
+    """A supervised classifier: `classify_image` gives {task: logits over classes[task]} ("object",
+    optionally "attribute")."""
 
-    classify_image: Callable[[torch.Tensor], torch.Tensor]  # [B,3,H,W] -> [B, len(classes)]
-    classes: Sequence[str]
+    classify_image: Callable[[torch.Tensor], dict]  # [B,3,H,W] -> {task: [B, len(classes[task])]}
+    classes: Mapping[str, Sequence[str]]
     device: str | torch.device = "cpu"
 
     kind = "head"
 
     @torch.no_grad()
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """[B, H] head logits (float32, CPU)."""
-        return self.classify_image(images.to(self.device, non_blocking=True)).float().cpu()
+    def features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{task: [B, H] head logits} (float32, CPU)."""
+        out = self.classify_image(images.to(self.device, non_blocking=True))
+        return {task: logits.float().cpu() for task, logits in out.items()}
 
     def clear_cache(self) -> None:  # nothing cached: the head is the classifier
         pass

@@ -276,26 +276,30 @@ def test_seen_pairs_from_training_regroup_and_report_contamination(world):
     assert {r["seen"] for r in result.table if (r["attribute"], r["object"]) == ("red", "circle")} == {True}
 
 
-def test_supervised_head_shares_the_object_table(world):
-    # A "supervised" model: the oracle's object reading, as logits over head classes in another order
-    # and with an extra class the benchmark does not have.
-    classes = ["square", "dog", "Sea_Lion", "circle"]
+def test_supervised_heads_share_the_table(world):
+    # A "supervised" model: the oracle's readings as logits over head classes in another order, with an
+    # extra object class the benchmark does not have and a synonym spelling.
+    objects = ["square", "dog", "Sea_Lion", "circle"]
+    attributes = ["yellow", "blue", "green", "red"]
 
     def classify(images):
-        feats = make_encode_image()(images)[:, len(ATTRS):]  # [B, 3] one-hot over OBJECTS
-        logits = torch.zeros(len(images), len(classes))
-        logits[:, [3, 0, 2]] = feats  # OBJECTS order: circle, square, sea lion
-        return logits
+        feats = make_encode_image()(images)  # [B, 6]: one-hot attribute (ATTRS) + one-hot object (OBJECTS)
+        obj = torch.zeros(len(images), len(objects))
+        obj[:, [3, 0, 2]] = feats[:, len(ATTRS):]  # OBJECTS order: circle, square, sea lion
+        attr = torch.zeros(len(images), len(attributes))
+        attr[:, [3, 2, 1]] = feats[:, :len(ATTRS)]  # ATTRS order: red, green, blue
+        return {"object": obj, "attribute": attr}
 
-    head = evaluate(HeadModel(classify, classes), _splits(world), vocab=VOCAB)
+    head = evaluate(HeadModel(classify, {"object": objects, "attribute": attributes}), _splits(world), vocab=VOCAB)
     clip = evaluate(_oracle(), _splits(world), SIMPLE_TEMPLATES)
     for s in ("unseen", "seen"):
-        assert head.metrics[f"{s}/object_top1"] == clip.metrics[f"{s}/object_top1"] == 1.0
+        for task in ("object", "attribute"):
+            assert head.metrics[f"{s}/{task}_top1"] == clip.metrics[f"{s}/{task}_top1"] == 1.0
         assert f"{s}/pair_top1" not in head.metrics
     assert head.metrics["chance/object_top1"] == clip.metrics["chance/object_top1"]
     assert [r["object_top1"] for r in head.table] == [r["object_top1"] for r in clip.table]
-    with pytest.raises(ValueError, match="no class for 1 benchmark object.*sea lion"):
-        evaluate(HeadModel(classify, ["square", "dog", "seal", "circle"]), _splits(world))
+    with pytest.raises(ValueError, match="object head has no class for 1 benchmark object.*sea lion"):
+        evaluate(HeadModel(classify, {"object": ["square", "dog", "seal", "circle"]}), _splits(world))
 
 
 def test_import_does_not_pull_lightning_or_open_clip():

@@ -1,8 +1,13 @@
-"""A deterministic stream of (image, tokens) samples from webdataset tar shards.
+"""A deterministic stream of (image, target, dropped) samples from webdataset tar shards.
 
 Order is a pure function of (seed, epoch, rank, worker): shards are shuffled with (seed, epoch),
 split across ranks then DataLoader workers, and samples are shuffled in a buffer seeded with
 (seed, epoch, rank, worker). Same config and seed, same data order.
+
+The target is the tokenized caption (CLIP) or the caption's (attribute, object) label indices
+(a supervised twin); both come from the same sample order. With a `labeller` (data_filters'
+CaptionParser.label), a sample whose caption does not name exactly one pair is dropped, in both
+modes alike, and counted: `dropped` is how many were dropped just before this sample.
 
     >>> stream = ShardStream(["pool/shard-000000.tar"], image_transform, tokenize, seed=0)
     >>> loader = EpochDataLoader(stream, batch_size=128, num_workers=2, drop_last=True)
@@ -50,13 +55,25 @@ def _buffer_shuffle(samples, bufsize: int, rng: random.Random):
 
 
 class ShardStream(IterableDataset):
-    """Yields (image [3,H,W] float, tokens [L] long) from shards; `epoch` is bumped by EpochDataLoader."""
+    """Yields (image [3,H,W] float, target, dropped int) from shards; `epoch` is bumped by EpochDataLoader.
+
+    target: tokens [L] long (targets="captions") or [attribute index, object index] long (targets="labels").
+    """
 
     def __init__(self, urls, image_transform, tokenize, seed: int = 0, shuffle_buffer: int = 1000,
-                 shuffle_shards: bool = True):
+                 shuffle_shards: bool = True, labeller=None, targets: str = "captions",
+                 classes: dict | None = None):
+        if targets not in ("captions", "labels"):
+            raise ValueError(f"targets must be captions or labels, got {targets!r}")
+        if targets == "labels" and (labeller is None or classes is None):
+            raise ValueError("label targets need a labeller and classes (set data.vocabulary)")
         self.urls = list(urls)
         self.image_transform = image_transform
         self.tokenize = tokenize
+        self.labeller = labeller  # a picklable factory: () -> (caption -> (attribute, object) | None)
+        self.targets = targets
+        self.attribute_index = {a: i for i, a in enumerate((classes or {}).get("attribute", []))}
+        self.object_index = {o: i for i, o in enumerate((classes or {}).get("object", []))}
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
         self.shuffle_shards = shuffle_shards
@@ -85,10 +102,27 @@ class ShardStream(IterableDataset):
             yield {"__key__": sample["__key__"], "image": image,
                    "caption": sample["txt"].decode("utf-8"), "meta": meta}
 
-    def __iter__(self):
+    def labelled_samples(self):
+        """samples() with the label rule applied: dicts gain 'label' ((attribute, object) or None)
+        and 'dropped' (unlabelled samples skipped since the previous one)."""
+        labeller = self.labeller() if self.labeller is not None else None  # built in the worker
+        dropped = 0
         for sample in self.samples():
-            tokens = self.tokenize([sample["caption"]])[0]  # [L]
-            yield self.image_transform(sample["image"]), tokens
+            label = labeller(sample["caption"]) if labeller is not None else None
+            if labeller is not None and label is None:
+                dropped += 1
+                continue
+            yield {**sample, "label": label, "dropped": dropped}
+            dropped = 0
+
+    def __iter__(self):
+        for sample in self.labelled_samples():
+            if self.targets == "labels":
+                attribute, obj = sample["label"]
+                target = torch.tensor([self.attribute_index[attribute], self.object_index[obj]])  # [2]
+            else:
+                target = self.tokenize([sample["caption"]])[0]  # [L]
+            yield self.image_transform(sample["image"]), target, sample["dropped"]
 
 
 class EpochDataLoader(DataLoader):

@@ -8,21 +8,22 @@ from __future__ import annotations
 
 import math
 
-import lightning as L
 import torch
 from open_clip.loss import ClipLoss
 
 from aotrain import towers
-from aotrain.modules.optim import build_optimizer
+from aotrain.modules.base import TwinModule
 
 MAX_LOGIT_SCALE = math.log(100)  # CLIP clamps the learned temperature at 100
 
 
-class CLIPModule(L.LightningModule):
+class CLIPModule(TwinModule):
+    kind = "clip"
+
     def __init__(self, model_name: str, optim: dict, total_steps: int):
         super().__init__()
         self.save_hyperparameters()
-        self.model = towers.build_clip(model_name)
+        self.net = towers.build_clip(model_name)
         self.loss_fn = ClipLoss()
 
     def setup(self, stage: str) -> None:
@@ -31,30 +32,25 @@ class CLIPModule(L.LightningModule):
         self.loss_fn = ClipLoss(local_loss=world > 1, gather_with_grad=world > 1,
                                 rank=self.global_rank, world_size=world)
 
-    # The zero-shot evaluation calls these two, whatever the module.
     def encode_image(self, images):  # [B,3,H,W] -> [B,D]
-        return self.model.encode_image(images)
+        return self.net.encode_image(images)
 
     def encode_text(self, tokens):  # [B,L] -> [B,D]
-        return self.model.encode_text(tokens)
+        return self.net.encode_text(tokens)
+
+    def vision_tower(self) -> torch.nn.Module:
+        return self.net.visual
+
 
     def training_step(self, batch, batch_idx):
-        images, tokens = batch  # [B,3,H,W], [B,L]
-        out = self.model(images, tokens)
+        images, tokens, dropped = batch  # [B,3,H,W], [B,L], [B]
+        out = self.net(images, tokens)
         loss = self.loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/logit_scale", out["logit_scale"].detach())
+        self.log_dropped(dropped)
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         with torch.no_grad():
-            self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["aotrain_module"] = "clip"  # aotrain eval (aotrain/checkpoints.py) reads which kind it holds
-
-    def configure_optimizers(self):
-        return build_optimizer(self.model, total_steps=self.hparams.total_steps, **self.hparams.optim)
-
-    def parameter_count(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+            self.net.logit_scale.clamp_(0, MAX_LOGIT_SCALE)

@@ -1,4 +1,5 @@
-"""ImageNet-AO evaluation during training: every `every_n_steps` optimizer steps and at the end.
+"""ImageNet-AO evaluation during training (CLIP zero-shot, or a supervised twin's heads): every
+`every_n_steps` optimizer steps and at the end.
 
 Metrics go to the Trainer's logger as `eval/<group>/<metric>` (names: evaluation/evaluate.py) and to
 `callback_metrics`, so ModelCheckpoint can monitor them. The tables of the latest evaluation are
@@ -13,16 +14,13 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from aotrain import towers
 from aotrain.benchmarks import Benchmark
 from evaluation.evaluate import EvalResult
-from evaluation.models import ZeroShotModel
 
 
-class ZeroShotEvaluation(L.Callback):
-    def __init__(self, benchmark: Benchmark, model_name: str, out_dir: str, every_n_steps: int = 0):
+class BenchmarkEvaluation(L.Callback):
+    def __init__(self, benchmark: Benchmark, out_dir: str, every_n_steps: int = 0):
         self.benchmark = benchmark  # loaded before training, so a bad folder fails before step 0
-        self.model_name = model_name
         self.out_dir = Path(out_dir)
         self.every_n_steps = every_n_steps
         self.last: EvalResult | None = None
@@ -32,10 +30,8 @@ class ZeroShotEvaluation(L.Callback):
         was_training = pl_module.training
         pl_module.eval()
         # A fresh adapter per call: the weights changed since the last one, so must the text classifiers.
-        model = ZeroShotModel(pl_module.encode_image, pl_module.encode_text, towers.tokenizer(self.model_name),
-                              device=pl_module.device)
         with torch.no_grad():
-            result = self.benchmark.run(model)
+            result = self.benchmark.run(pl_module.evaluation_model(pl_module.device))
         pl_module.train(was_training)
         return result
 

@@ -1,0 +1,76 @@
+"""The supervised twin of a CLIP run: the same image tower, trained on object (and attribute) labels
+parsed from the same captions, with the same optimizer, schedule, images and order.
+
+    aotrain fit recipe=toy_low_nmi_supervised            # = toy_low_nmi supervision=labels
+
+    module:
+      _target_: aotrain.modules.supervised.SupervisedModule
+      model_name: toy-vit-tiny        # the CLIP config whose image tower is trained
+      vocabulary: world:...           # label classes: its canonical objects (and attributes), sorted
+      heads: [object]                 # or [object, attribute]: two heads, losses summed
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aotrain import towers
+from aotrain.data.labels import label_classes
+from aotrain.modules.base import TwinModule
+
+LABEL_COLUMN = {"attribute": 0, "object": 1}  # column of each head's target in a label batch [B, 2]
+
+
+class SupervisedNet(nn.Module):
+    """Image tower + one linear head per task over its embedding. classify(images) -> {task: [B, C_task]}."""
+
+    def __init__(self, model_name: str, classes: dict[str, list[str]]):
+        super().__init__()
+        self.classes = {task: list(names) for task, names in classes.items()}
+        self.visual = towers.build_vision_tower(model_name)  # first, so its init matches the CLIP twin's
+        width = towers.model_config(model_name)["embed_dim"]
+        self.heads = nn.ModuleDict({task: nn.Linear(width, len(names)) for task, names in self.classes.items()})
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = self.visual(images)  # [B, embed_dim]
+        return {task: head(feats) for task, head in self.heads.items()}
+
+
+class SupervisedModule(TwinModule):
+    kind = "supervised"
+
+    def __init__(self, model_name: str, optim: dict, total_steps: int, vocabulary: str,
+                 heads: list[str] = ("object",)):
+        super().__init__()
+        heads = list(heads)
+        if not heads or set(heads) - set(LABEL_COLUMN):
+            raise ValueError(f"heads must be a non-empty subset of {sorted(LABEL_COLUMN)}, got {heads}")
+        self.save_hyperparameters()
+        classes = label_classes(vocabulary)
+        self.net = SupervisedNet(model_name, {task: classes[task] for task in heads})
+
+    def classify_image(self, images) -> dict[str, torch.Tensor]:
+        return self.net(images)
+
+    def vision_tower(self) -> nn.Module:
+        return self.net.visual
+
+
+    def training_step(self, batch, batch_idx):
+        images, labels, dropped = batch  # [B,3,H,W], [B,2] (attribute, object indices), [B]
+        logits = self.net(images)
+        loss = 0.0
+        for task, out in logits.items():
+            target = labels[:, LABEL_COLUMN[task]]
+            task_loss = F.cross_entropy(out, target)
+            loss = loss + task_loss
+            self.log(f"train/{task}_loss", task_loss)
+            self.log(f"train/{task}_acc", (out.argmax(-1) == target).float().mean())
+        self.log("train/loss", loss, prog_bar=True)
+        self.log_dropped(dropped)
+        return loss
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["aotrain_classes"] = self.net.classes  # eval needs no vocabulary file to read the heads
