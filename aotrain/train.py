@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -89,6 +90,8 @@ def check_twin(parity: dict, twin: str) -> None:
         raise UserError(str(e)) from None
     if diffs:
         raise UserError(f"parity: this run is not a twin of {twin}: " + "; ".join(diffs))
+    print(f"parity: a twin of {twin} (tower, transforms, data, batch, steps, schedule, precision)",
+          file=sys.stderr, flush=True)
 
 
 def load_benchmark(cfg) -> Benchmark:
@@ -115,7 +118,10 @@ def fit(cfg) -> dict:
     """Train and evaluate one config; returns (and writes to <run_dir>/summary.json) where things are."""
     world = prepare(cfg)
     run_dir = Path(cfg.paths.run_dir)
-    parity = parity_record(cfg, world)
+    try:
+        parity = parity_record(cfg, world)
+    except ValueError as e:  # an unknown model name, a vocabulary that does not load
+        raise UserError(str(e)) from None
     if cfg.parity.twin:
         check_twin(parity, cfg.parity.twin)
     L.seed_everything(cfg.seed, workers=True, verbose=False)

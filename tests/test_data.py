@@ -44,8 +44,9 @@ def test_loader_batches_are_full_and_shaped_for_the_model(pool):
     loader = _datamodule(pool).train_dataloader()
     batches = list(loader)
     assert len(batches) == 300 // 32  # drop_last: no short batch
-    images, tokens = batches[0]
+    images, tokens, dropped = batches[0]
     assert images.shape == (32, 3, 32, 32) and tokens.shape == (32, 32)
+    assert dropped.tolist() == [0] * 32  # no label rule without a vocabulary
     assert loader.dataset.epoch == 1
 
 
@@ -53,7 +54,7 @@ def test_two_workers_are_deterministic(pool):
     def first_tokens():
         dm = ShardDataModule(str(pool), "toy-vit-micro", batch_size=16, num_workers=2,
                              shuffle_buffer=50, seed=3)
-        return [t for _, t in dm.train_dataloader()]
+        return [t for _, t, _ in dm.train_dataloader()]
     a, b = first_tokens(), first_tokens()
     assert all((x == y).all() for x, y in zip(a, b)) and len(a) == len(b) > 0
 

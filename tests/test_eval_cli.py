@@ -72,7 +72,7 @@ def test_eval_logs_into_the_checkpoints_own_run(smoke_copy):
 def test_eval_open_clip_weights_into_a_new_run(smoke_copy, tmp_path):
     # open_clip_train's format: {"state_dict": ...} with DDP's "module." prefix.
     ckpt = torch.load(_run_dir(smoke_copy) / "checkpoints" / "last.ckpt", weights_only=True)
-    state = {"module." + k[len("model."):]: v for k, v in ckpt["state_dict"].items()}
+    state = {"module." + k[len("net."):]: v for k, v in ckpt["state_dict"].items()}
     weights = tmp_path / "micro.pt"
     torch.save({"epoch": 1, "state_dict": state}, weights)
     bench = _world(smoke_copy) / "imagenet_ao"
