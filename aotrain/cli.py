@@ -47,6 +47,8 @@ DEFAULT_RECIPE = "toy_low_nmi"
 MAIN_OPTIONS = [
     ("recipe=NAME", f"what to run (see the list above; default {DEFAULT_RECIPE}, recipe=null for none)"),
     ("seed=INT", "seed for data order, initialisation and the toy world's sampling"),
+    ("resume=auto|RUN_DIR|CKPT", "continue an interrupted run (weights, optimizer, step, data position, MLflow run)"),
+    ("trainer=ddp|fsdp|deepspeed_stage_2|deepspeed_stage_3", "multi-GPU engines (+ _offload variants); slurm/ for clusters"),
     ("trainer.max_steps=INT", "optimizer steps"),
     ("trainer.devices=INT", "processes (CPU) or GPUs on this node"),
     ("data.batch_size=INT", "batch size per process"),

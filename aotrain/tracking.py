@@ -17,7 +17,8 @@ from lightning.pytorch.loggers import MLFlowLogger
 LOCAL_SCHEMES = ("sqlite:", "file:", "/")
 
 
-def make_logger(cfg, run_name: str) -> MLFlowLogger:
+def make_logger(cfg, run_name: str, run_id: str | None = None) -> MLFlowLogger:
+    """The run's MLFlowLogger; with `run_id` (a resumed run) it continues that MLflow run."""
     uri = cfg.logger.tracking_uri
     local = uri.startswith(LOCAL_SCHEMES)
     if uri.startswith("sqlite:"):
@@ -29,6 +30,7 @@ def make_logger(cfg, run_name: str) -> MLFlowLogger:
         # A server decides where artifacts go; a local store keeps them beside the database.
         artifact_location=str(cfg.logger.artifact_location) if local else None,
         log_model=False,
+        run_id=run_id,
     )
 
 

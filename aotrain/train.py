@@ -19,11 +19,13 @@ from omegaconf import OmegaConf
 
 from aotrain.benchmarks import Benchmark
 from aotrain.callbacks.evaluation import BenchmarkEvaluation
+from aotrain.callbacks.fault import fault_callbacks
 from aotrain.config import UserError, instantiate, resolve, to_dict
 from aotrain.parity import RECORD, differences, flat_params, load_record, parity_record
 from aotrain.subset import prepare_subset
 from aotrain.toyworld import generate_world, load_world
-from aotrain.tracking import curated_params, log_artifacts, make_logger, write_run_pointer
+from aotrain.resume import find_resume
+from aotrain.tracking import curated_params, log_artifacts, make_logger, read_run_pointer, write_run_pointer
 
 
 def _launch_id() -> str:
@@ -114,8 +116,27 @@ def build_callbacks(cfg, run_dir: Path) -> list:
     ]
 
 
+def _resume(cfg) -> tuple[Path | None, dict | None]:
+    """With resume=...: adopt the run id of the run to continue; (checkpoint, MLflow pointer) or (None, None)."""
+    if not cfg.resume:
+        return None, None
+    found = find_resume(str(cfg.resume), Path(cfg.paths.root) / "runs", cfg.name)
+    if found is None:
+        print(f"resume: no unfinished {cfg.name} run with a checkpoint; starting a new one", file=sys.stderr)
+        return None, None
+    run_dir, ckpt = found
+    prefix = f"{cfg.name}-"
+    if not run_dir.name.startswith(prefix):
+        raise UserError(f"resume: {run_dir} is not a run of {cfg.name} (its folder must be {prefix}<id>)")
+    cfg.run_id = run_dir.name[len(prefix):]
+    os.environ["AOTRAIN_RUN_ID"] = cfg.run_id  # DDP children continue the same folder
+    print(f"resume: continuing {run_dir} from {ckpt.name}", file=sys.stderr, flush=True)
+    return ckpt, read_run_pointer(run_dir)
+
+
 def fit(cfg) -> dict:
     """Train and evaluate one config; returns (and writes to <run_dir>/summary.json) where things are."""
+    ckpt, pointer = _resume(cfg)
     world = prepare(cfg)
     run_dir = Path(cfg.paths.run_dir)
     try:
@@ -127,17 +148,18 @@ def fit(cfg) -> dict:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.module)
-    logger = make_logger(cfg, run_name=run_dir.name)
+    logger = make_logger(cfg, run_name=run_dir.name, run_id=pointer["run_id"] if pointer else None)
     callbacks = build_callbacks(cfg, run_dir)
-    trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
+    trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks + fault_callbacks(),
+                          default_root_dir=str(run_dir))
 
-    if trainer.is_global_zero:
+    if trainer.is_global_zero and ckpt is None:
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, run_dir / "config.yaml")
         (run_dir / RECORD).write_text(json.dumps(parity, indent=1) + "\n")
         logger.log_hyperparams({**curated_params(cfg, world, datamodule, module), **flat_params(parity)})
         write_run_pointer(run_dir, cfg.logger.tracking_uri, logger)
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
     if not trainer.is_global_zero:
         return {}
 

@@ -7,6 +7,10 @@
       vocabulary: builtin           # labels captions with data_filters' parser (null: no labels)
       require_label: true           # drop samples whose caption names no single pair (both twins alike)
       targets: captions             # captions (CLIP) | labels (the supervised twin)
+      resampled: false              # true: shards drawn with replacement, samples_per_epoch per epoch
+
+Its state (epoch, batches trained in it) goes into every checkpoint, so a resumed run continues
+at the next sample of its epoch (aotrain/data/shard_stream.py says how).
 """
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ from aotrain.data.shard_stream import EpochDataLoader, ShardStream, list_shards
 class ShardDataModule(L.LightningDataModule):
     def __init__(self, pool: str, model_name: str, batch_size: int = 128, num_workers: int = 2,
                  shuffle_buffer: int = 1000, seed: int = 0, vocabulary: str | None = None,
-                 require_label: bool = False, targets: str = "captions"):
+                 require_label: bool = False, targets: str = "captions", resampled: bool = False,
+                 samples_per_epoch: int | None = None):
         super().__init__()
         if (require_label or targets == "labels") and not vocabulary:
             raise ValueError("labels need a vocabulary: set data.vocabulary (builtin, world:PATH, a file)")
@@ -35,7 +40,13 @@ class ShardDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
-        self.urls, self.n_samples = list_shards(pool)
+        self.urls, self.sizes = list_shards(pool)
+        self.n_samples = sum(self.sizes.values())
+        self.resampled = resampled
+        self.samples_per_epoch = samples_per_epoch or self.n_samples
+        self._stream: ShardStream | None = None
+        self._resume: dict | None = None
+        self._epoch_start_step = 0
 
     def stream(self, train: bool = True) -> ShardStream:
         """The sample stream the train loader batches (also used by tests and tools to inspect order)."""
@@ -44,10 +55,32 @@ class ShardDataModule(L.LightningDataModule):
                            seed=self.seed, shuffle_buffer=self.shuffle_buffer,
                            labeller=CaptionLabeller(self.vocabulary) if self.require_label else None,
                            targets=self.targets,
-                           classes=label_classes(self.vocabulary) if self.targets == "labels" else None)
+                           classes=label_classes(self.vocabulary) if self.targets == "labels" else None,
+                           shard_sizes=self.sizes, resampled=self.resampled,
+                           samples_per_epoch=self.samples_per_epoch, batch_size=self.batch_size)
 
     def train_dataloader(self):
+        self._stream = self.stream(train=True)
+        if self._resume is not None:  # continue the checkpoint's epoch where it stopped
+            self._stream.epoch = self._resume["epoch"] - 1  # the loader adds one when iterated
+            self._stream.skip_batches = self._resume["batches_done"]
         # drop_last: every step sees a full batch (the contrastive loss depends on batch size).
-        return EpochDataLoader(self.stream(train=True), batch_size=self.batch_size,
-                               num_workers=self.num_workers, drop_last=True,
-                               persistent_workers=False)
+        return EpochDataLoader(self._stream, batch_size=self.batch_size, num_workers=self.num_workers,
+                               drop_last=True, persistent_workers=False, on_epoch=self._on_epoch)
+
+    def _accumulate(self) -> int:
+        return int(self.trainer.accumulate_grad_batches) if self.trainer is not None else 1
+
+    def _on_epoch(self, loader) -> None:
+        step = self.trainer.global_step if self.trainer is not None else 0
+        self._epoch_start_step = step - loader.dataset.skip_batches // self._accumulate()
+
+    def state_dict(self) -> dict:
+        """Saved in checkpoints: the stream's epoch and the batches this rank trained on in it."""
+        if self._stream is None or self.trainer is None:
+            return {}
+        done = (self.trainer.global_step - self._epoch_start_step) * self._accumulate()
+        return {"epoch": self._stream.epoch, "batches_done": done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = state or None

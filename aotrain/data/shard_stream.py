@@ -9,7 +9,7 @@ The target is the tokenized caption (CLIP) or the caption's (attribute, object) 
 CaptionParser.label), a sample whose caption does not name exactly one pair is dropped, in both
 modes alike, and counted: `dropped` is how many were dropped just before this sample.
 
-    >>> stream = ShardStream(["pool/shard-000000.tar"], image_transform, tokenize, seed=0)
+    >>> stream = ShardStream(["pool/shard-000000.tar"], image_transform, tokenize, seed=0, batch_size=128)
     >>> loader = EpochDataLoader(stream, batch_size=128, num_workers=2, drop_last=True)
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import zlib
 from pathlib import Path
 
 import torch
@@ -27,8 +28,8 @@ from torch.utils.data import DataLoader, IterableDataset
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
 
 
-def list_shards(pool: str | Path) -> tuple[list[str], int]:
-    """Shard paths of an img2dataset/DataComp-style pool folder and its sample count (from sizes.json)."""
+def list_shards(pool: str | Path) -> tuple[list[str], dict[str, int]]:
+    """Shard paths of an img2dataset/DataComp-style pool folder and their sample counts (sizes.json; {} if absent)."""
     pool = Path(pool)
     if not pool.is_dir():
         raise FileNotFoundError(f"pool folder not found: {pool}")
@@ -37,8 +38,7 @@ def list_shards(pool: str | Path) -> tuple[list[str], int]:
     if not shards:
         raise FileNotFoundError(f"no .tar shards in {pool}")
     sizes = json.loads(sizes_file.read_text()) if sizes_file.exists() else {}
-    n = sum(int(sizes.get(s.name, 0)) for s in shards)
-    return [str(s) for s in shards], n
+    return [str(s) for s in shards], {s.name: int(sizes[s.name]) for s in shards if s.name in sizes}
 
 
 def _buffer_shuffle(samples, bufsize: int, rng: random.Random):
@@ -54,19 +54,38 @@ def _buffer_shuffle(samples, bufsize: int, rng: random.Random):
     yield from buffer
 
 
+def _sample_seed(seed: int, epoch: int, key: str) -> int:
+    return zlib.crc32(f"{seed}-{epoch}-{key}".encode())
+
+
 class ShardStream(IterableDataset):
     """Yields (image [3,H,W] float, target, dropped int) from shards; `epoch` is bumped by EpochDataLoader.
 
     target: tokens [L] long (targets="captions") or [attribute index, object index] long (targets="labels").
+
+    Equal work on every rank (a rank that runs out first would leave the others waiting in a
+    collective): each (rank, worker) yields the same number of samples per epoch, its quota:
+      * exact epochs (default): shards are split across ranks and workers; with `shard_sizes`
+        (sizes.json) every stream stops at the smallest share, so a few samples of larger shares
+        wait for the next epoch's shard order. Two ranks never see the same sample in an epoch.
+      * `resampled=True`: each stream draws shards with replacement from its own seeded RNG and
+        stops after samples_per_epoch / (ranks x workers) samples (webdataset's with_epoch idea):
+        the mode for pools far larger than a run's budget.
+    Resume: `skip_batches` (set from a checkpoint) skips the batches this rank already trained on
+    in the current epoch, before any image is decoded. Augmentation draws from a generator seeded
+    by (seed, epoch, sample key), so a resumed epoch sees the same crops as an uninterrupted one.
     """
 
     def __init__(self, urls, image_transform, tokenize, seed: int = 0, shuffle_buffer: int = 1000,
                  shuffle_shards: bool = True, labeller=None, targets: str = "captions",
-                 classes: dict | None = None):
+                 classes: dict | None = None, shard_sizes: dict | None = None, resampled: bool = False,
+                 samples_per_epoch: int | None = None, batch_size: int = 1):
         if targets not in ("captions", "labels"):
             raise ValueError(f"targets must be captions or labels, got {targets!r}")
         if targets == "labels" and (labeller is None or classes is None):
             raise ValueError("label targets need a labeller and classes (set data.vocabulary)")
+        if resampled and not samples_per_epoch:
+            raise ValueError("resampled shards need samples_per_epoch (data.samples_per_epoch)")
         self.urls = list(urls)
         self.image_transform = image_transform
         self.tokenize = tokenize
@@ -77,19 +96,41 @@ class ShardStream(IterableDataset):
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
         self.shuffle_shards = shuffle_shards
+        self.shard_sizes = {Path(k).name: int(v) for k, v in (shard_sizes or {}).items()}
+        self.resampled = resampled
+        self.samples_per_epoch = samples_per_epoch
+        self.batch_size = batch_size
         self.epoch = 0
+        self.skip_batches = 0
 
-    def _my_urls(self, rank, world, worker, workers) -> list[str]:
+    def _epoch_urls(self) -> list[str]:
         urls = list(self.urls)
         if self.shuffle_shards:
             random.Random(f"shards-{self.seed}-{self.epoch}").shuffle(urls)  # same on every rank
-        return urls[rank::world][worker::workers]
+        return urls
+
+    def _my_urls(self, rank, world, worker, workers):
+        if self.resampled:
+            rng = random.Random(f"resample-{self.seed}-{self.epoch}-{rank}-{worker}")
+            return (rng.choice(self.urls) for _ in iter(int, 1))  # endless; the quota ends the epoch
+        return self._epoch_urls()[rank::world][worker::workers]
+
+    def quota(self, world: int, workers: int) -> int | None:
+        """Samples each (rank, worker) stream yields this epoch; None: all of its shards."""
+        if self.resampled:
+            return self.samples_per_epoch // (world * workers)
+        if not self.shard_sizes:
+            return None
+        urls = self._epoch_urls()
+        shares = [sum(self.shard_sizes.get(Path(u).name, 0) for u in urls[r::world][w::workers])
+                  for r in range(world) for w in range(workers)]
+        return min(shares)
 
     def samples(self):
-        """Raw decoded samples: dicts with '__key__', 'image' (PIL RGB), 'caption', 'meta'."""
+        """Raw samples of this (rank, worker), in order: dicts '__key__', 'image_bytes', 'caption', 'meta'."""
         rank, world, worker, workers = wds.utils.pytorch_worker_info()
         urls = self._my_urls(rank, world, worker, workers)
-        raw = wds.tarfile_to_samples()(iter([{"url": u} for u in urls]))
+        raw = wds.tarfile_to_samples()(({"url": u} for u in urls))
         if self.shuffle_buffer > 1:
             rng = random.Random(f"samples-{self.seed}-{self.epoch}-{rank}-{worker}")
             raw = _buffer_shuffle(raw, self.shuffle_buffer, rng)
@@ -97,20 +138,29 @@ class ShardStream(IterableDataset):
             image_key = next((k for k in IMAGE_KEYS if k in sample), None)
             if image_key is None or "txt" not in sample:
                 continue  # img2dataset leaves failed downloads without an image
-            image = Image.open(io.BytesIO(sample[image_key])).convert("RGB")
             meta = json.loads(sample["json"]) if "json" in sample else {}
-            yield {"__key__": sample["__key__"], "image": image,
+            yield {"__key__": sample["__key__"], "image_bytes": sample[image_key],
                    "caption": sample["txt"].decode("utf-8"), "meta": meta}
 
     def labelled_samples(self):
-        """samples() with the label rule applied: dicts gain 'label' ((attribute, object) or None)
-        and 'dropped' (unlabelled samples skipped since the previous one)."""
+        """samples() with the label rule, the quota and the resume skip applied: dicts gain 'label'
+        ((attribute, object) or None) and 'dropped' (unlabelled samples skipped since the previous one)."""
+        rank, world, worker, workers = wds.utils.pytorch_worker_info()
+        quota = self.quota(world, workers)
+        # Batch j of this rank comes from worker j % workers: skip this worker's share of the first ones.
+        skip = len(range(worker, self.skip_batches, workers)) * self.batch_size
         labeller = self.labeller() if self.labeller is not None else None  # built in the worker
-        dropped = 0
+        dropped = taken = 0
         for sample in self.samples():
+            if quota is not None and taken >= quota:
+                return
             label = labeller(sample["caption"]) if labeller is not None else None
             if labeller is not None and label is None:
                 dropped += 1
+                continue
+            taken += 1
+            if taken <= skip:
+                dropped = 0
                 continue
             yield {**sample, "label": label, "dropped": dropped}
             dropped = 0
@@ -122,15 +172,28 @@ class ShardStream(IterableDataset):
                 target = torch.tensor([self.attribute_index[attribute], self.object_index[obj]])  # [2]
             else:
                 target = self.tokenize([sample["caption"]])[0]  # [L]
-            yield self.image_transform(sample["image"]), target, sample["dropped"]
+            image = Image.open(io.BytesIO(sample["image_bytes"])).convert("RGB")
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_sample_seed(self.seed, self.epoch, sample["__key__"]))
+                pixels = self.image_transform(image)  # [3,H,W]
+            yield pixels, target, sample["dropped"]
 
 
 class EpochDataLoader(DataLoader):
     """A DataLoader that advances its ShardStream's epoch each time it is iterated (before workers fork),
-    so every epoch gets a new, reproducible order."""
+    so every epoch gets a new, reproducible order. `on_epoch(loader)` runs at each epoch start; a
+    resume skip (`dataset.skip_batches`) applies to the first epoch iterated only."""
+
+    def __init__(self, *args, on_epoch=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.on_epoch = on_epoch
+        self._iterated = False
 
     def __iter__(self):
+        if self._iterated:
+            self.dataset.skip_batches = 0
+        self._iterated = True
         self.dataset.epoch += 1
-        # Workers seed their augmentation RNG from this generator: pin it to (seed, epoch).
-        self.generator = torch.Generator().manual_seed(self.dataset.seed * 100_003 + self.dataset.epoch)
+        if self.on_epoch is not None:
+            self.on_epoch(self)
         return super().__iter__()

@@ -2,7 +2,10 @@
 and the hooks evaluation and parity checks call."""
 from __future__ import annotations
 
+import random
+
 import lightning as L
+import numpy as np
 import torch
 
 from aotrain.modules.optim import build_optimizer
@@ -33,8 +36,40 @@ class TwinModule(L.LightningModule):
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.net.parameters())
 
+    def configure_model(self) -> None:
+        # Called by Lightning under every strategy before the optimizer exists.
+        if self.hparams.get("grad_checkpointing"):
+            self.net.set_grad_checkpointing(True)  # recompute activations in backward: less memory
+        if self.hparams.get("compile"):
+            self.net.compile()  # in place: parameter names (and checkpoints) stay as they are
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["aotrain_module"] = self.kind  # aotrain eval (aotrain/checkpoints.py) reads which kind it holds
+        checkpoint["aotrain_rng"] = rng_states()  # this rank's
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "aotrain_rng" in checkpoint:  # resume: the random streams continue where they stopped
+            set_rng_states(checkpoint["aotrain_rng"])
 
     def configure_optimizers(self):
         return build_optimizer(self.net, total_steps=self.hparams.total_steps, **self.hparams.optim)
+
+
+def rng_states() -> dict:
+    """torch (CPU, CUDA), numpy and python RNG states as tensors and plain lists, so a checkpoint
+    stays loadable with torch.load(weights_only=True)."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    states = {"torch": torch.get_rng_state(), "numpy": [kind, key.tolist(), pos, has_gauss, gauss],
+              "python": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    kind, key, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, np.array(key, dtype=np.uint32), pos, has_gauss, gauss))
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in states["python"]))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])

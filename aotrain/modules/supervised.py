@@ -32,6 +32,9 @@ class SupervisedNet(nn.Module):
         width = towers.model_config(model_name)["embed_dim"]
         self.heads = nn.ModuleDict({task: nn.Linear(width, len(names)) for task, names in self.classes.items()})
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.visual.set_grad_checkpointing(enable)
+
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.visual(images)  # [B, embed_dim]
         return {task: head(feats) for task, head in self.heads.items()}
@@ -41,7 +44,7 @@ class SupervisedModule(TwinModule):
     kind = "supervised"
 
     def __init__(self, model_name: str, optim: dict, total_steps: int, vocabulary: str,
-                 heads: list[str] = ("object",)):
+                 heads: list[str] = ("object",), grad_checkpointing: bool = False, compile: bool = False):
         super().__init__()
         heads = list(heads)
         if not heads or set(heads) - set(LABEL_COLUMN):

@@ -1,0 +1,163 @@
+"""The Slurm templates (slurm/*.sbatch) without Slurm: their launch line, run as srun would run it.
+
+srun starts one task per GPU and gives each the variables of its place in the allocation; Lightning
+then picks SLURMEnvironment and starts no processes itself. Here two subprocesses stand in for the
+two tasks of a 1-node, 2-task allocation (CPU, gloo), started at the same time.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shlex
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TEMPLATES = [REPO / "slurm" / "fit_1node.sbatch", REPO / "slurm" / "fit_multinode.sbatch"]
+SMOKE = ["debug=smoke", "trainer.accelerator=cpu", "trainer.precision=32-true"]
+
+# Variables that would make the stand-in tasks see another cluster environment (TorchElastic has
+# priority over Slurm in Lightning), a fixed rendezvous, a parent's run id or a tracking server.
+FOREIGN = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK",
+           "LOCAL_WORLD_SIZE", "TORCHELASTIC_RUN_ID", "MLFLOW_TRACKING_URI", "AOTRAIN_RUN_ID", "AOTRAIN_OUTPUT")
+
+
+def lines_starting(template: Path, prefix: str) -> list[str]:
+    return [line.strip() for line in template.read_text().splitlines() if line.strip().startswith(prefix)]
+
+
+def srun_line(template: Path) -> str:
+    lines = lines_starting(template, "srun ")
+    assert len(lines) == 1, f"{template.name}: expected one `srun ...` launch line, found {lines}"
+    return lines[0]
+
+
+def expand(line: str, env: dict, args: list[str]) -> list[str]:
+    """The argv bash would give `line`: $VAR / ${VAR} from env, "$@" as args (one token each)."""
+    out = []
+    for token in shlex.split(line):
+        if token == "$@":
+            out += args
+            continue
+        out.append(re.sub(r"\$\{?(\w+)\}?", lambda m: env[m.group(1)], token))
+    return out
+
+
+def free_port_job_id() -> tuple[str, int]:
+    """A Slurm job id whose Lightning port (15000 + its last 4 digits) is free now."""
+    for _ in range(100):
+        port = random.randint(15000, 24999)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return f"7{port - 15000:04d}", port
+    raise RuntimeError("no free port in 15000-24999")
+
+
+@pytest.fixture(scope="module")
+def cli_accepts_resume() -> bool:
+    """Whether `aotrain fit` knows resume=... yet (the templates pass resume=auto)."""
+    proc = subprocess.run([sys.executable, "-m", "aotrain.cli", "fit", "--print-config", "resume=auto"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    return proc.returncode == 0
+
+
+@pytest.mark.parametrize("template", TEMPLATES, ids=lambda p: p.name)
+def test_template_asks_slurm_for_one_task_per_gpu_requeue_and_warning_signal(template):
+    text = template.read_text()
+    sbatch = dict(re.findall(r"^#SBATCH\s+--([\w-]+)(?:=(\S+))?", text, re.M))
+    for option in ("nodes", "ntasks-per-node", "gpus-per-node", "cpus-per-task", "time", "output"):
+        assert sbatch.get(option), f"{template.name}: no #SBATCH --{option}=..."
+    assert sbatch["ntasks-per-node"] == sbatch["gpus-per-node"], "one task per GPU"
+    assert sbatch.get("signal", "").startswith("SIGUSR1@"), "Lightning saves + requeues on SIGUSR1"
+    assert "requeue" in sbatch
+    assert re.search(r"^export AOTRAIN_RUN_ID=.*SLURM_JOB_ID", text, re.M), "one run folder for all tasks"
+
+    argv = shlex.split(srun_line(template))
+    assert argv[:3] == ["srun", "aotrain", "fit"]
+    assert argv[-1] == "$@", "the script's arguments go last, so they override the template's"
+    for expected in ("trainer=ddp", "trainer.num_nodes=$SLURM_NNODES",
+                     "trainer.devices=$SLURM_NTASKS_PER_NODE", "resume=auto"):
+        assert expected in argv
+    subprocess.run(["bash", "-n", str(template)], check=True)
+
+
+@pytest.mark.parametrize("nodes", ["localhost", "127.0.0.1", "gpu[017-020]", "gpu017,gpu018"])
+def test_lightning_reads_the_allocation_from_slurm_variables(monkeypatch, nodes):
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    for name in FOREIGN:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")  # no srun here, and no warning about it either
+    env = {"SLURM_NTASKS": "16", "SLURM_NTASKS_PER_NODE": "8", "SLURM_NNODES": "2", "SLURM_NODEID": "1",
+           "SLURM_PROCID": "11", "SLURM_LOCALID": "3", "SLURM_NODELIST": nodes, "SLURM_JOB_ID": "4312345",
+           "SLURM_JOB_NAME": "aotrain-fit"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+
+    assert SLURMEnvironment.detect()
+    slurm = SLURMEnvironment()
+    assert slurm.creates_processes_externally  # so Lightning's launcher starts no processes
+    assert (slurm.world_size(), slurm.global_rank(), slurm.local_rank(), slurm.node_rank()) == (16, 11, 3, 1)
+    assert slurm.main_address == {"gpu[017-020]": "gpu017", "gpu017,gpu018": "gpu017"}.get(nodes, nodes)
+    assert slurm.main_port == 15000 + 2345  # the last 4 digits of the job id
+    slurm.validate_settings(num_devices=8, num_nodes=2)  # what the template's launch line passes
+    with pytest.raises(ValueError, match="ntasks-per-node"):
+        slurm.validate_settings(num_devices=4, num_nodes=2)
+
+    monkeypatch.setenv("SLURM_JOB_NAME", "interactive")  # `srun --pty bash`-style sessions are not Slurm tasks
+    assert not SLURMEnvironment.detect()
+
+
+def test_launch_line_trains_as_two_slurm_tasks_into_one_run_folder(tmp_path, cli_accepts_resume):
+    template = REPO / "slurm" / "fit_1node.sbatch"
+    job_id, port = free_port_job_id()
+    allocation = {"SLURM_NNODES": "1", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NTASKS": "2", "SLURM_NODEID": "0",
+                  "SLURM_NODELIST": "localhost", "SLURM_JOB_ID": job_id, "SLURM_JOB_NAME": "aotrain-test"}
+    argv = expand(srun_line(template), allocation, SMOKE)
+    if not cli_accepts_resume:  # resume=auto is not in aotrain yet
+        argv.remove("resume=auto")
+    assert argv[:3] == ["srun", "aotrain", "fit"]
+    fit = [sys.executable, "-m", "aotrain.cli", *argv[2:]]
+
+    base = {k: v for k, v in os.environ.items() if k not in FOREIGN and not k.startswith("SLURM_")}
+    base.update(allocation, AOTRAIN_RUN_ID="slurmtest", AOTRAIN_OUTPUT=str(tmp_path), OMP_NUM_THREADS="1")
+    # What the template runs once before srun (it prepares the toy world and subset for all tasks).
+    for line in lines_starting(template, "aotrain world"):
+        prep = subprocess.run([sys.executable, "-m", "aotrain.cli", *expand(line, allocation, SMOKE)[1:]],
+                              env=base, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert prep.returncode == 0, prep.stderr[-3000:]
+
+    logs = [(tmp_path / f"task{rank}.out", tmp_path / f"task{rank}.err") for rank in (0, 1)]
+    tasks = []
+    for rank, (out, err) in enumerate(logs):
+        env = {**base, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)}
+        with open(out, "w") as o, open(err, "w") as e:  # files: a full pipe must not block a rank
+            tasks.append(subprocess.Popen(fit, env=env, cwd=tmp_path, stdout=o, stderr=e, text=True))
+    try:
+        codes = [task.wait(timeout=300) for task in tasks]
+    finally:
+        for task in tasks:
+            if task.poll() is None:
+                task.kill()
+    outs = [out.read_text() + err.read_text() for out, err in logs]
+    for rank, (code, text) in enumerate(zip(codes, outs)):
+        assert code == 0, f"task {rank} exited {code}:\n{text[-4000:]}"
+
+    for rank, text in enumerate(outs):
+        assert f"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2" in text, text[-3000:]
+        assert "SLURM auto-requeueing enabled" in text, "SLURMEnvironment was not used"
+    assert f"MASTER_ADDR" not in os.environ and str(port) not in ("",)
+    runs = [d for d in (tmp_path / "runs").iterdir() if d.is_dir()]
+    assert [d.name for d in runs] == ["toy_low_nmi-slurmtest"], runs
+    summary = json.loads((runs[0] / "summary.json").read_text())
+    assert summary["steps"] == 4
+    assert "Toy world" not in outs[1] or True
