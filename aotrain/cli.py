@@ -5,6 +5,7 @@
     aotrain fit --help                           recipes, config groups and main options
     aotrain eval checkpoint=PATH [benchmark=DIR]  evaluate a saved model on ImageNet-AO-format folders
     aotrain robustness METRICS.json ...          effective robustness across evaluated models
+    aotrain export CKPT_DIR [OUT.ckpt]           one file from a sharded DeepSpeed/FSDP checkpoint
     aotrain filter stats|label|select|reshard    caption statistics and subset selection
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ commands:
   eval     evaluate a checkpoint (or open_clip config + weights) on ImageNet-AO-format folders:
            pair (closed/open world), object, attribute, seen vs unseen, CZSL, contamination
   robustness  fit unseen- against seen-pair accuracy across evaluated models (effective robustness)
+  export   one checkpoint file from a sharded DeepSpeed or FSDP checkpoint folder (for aotrain eval)
   filter   caption-side tools: stats (NMI of a caption set), label (pairs per caption),
            select (subsets at a target NMI), reshard (shards holding exactly a subset),
            contamination (benchmark pairs found in a pool)
@@ -210,8 +212,12 @@ def main(argv: list[str] | None = None) -> int:
         from evaluation.robustness import robustness_main
 
         return robustness_main(args)
+    if command == "export":
+        from aotrain.export import export_main
+
+        return export_main(args)
     if command not in ("fit", "world", "eval"):
-        print(f"aotrain: error: unknown command {command!r}; choose fit, world, eval, robustness or filter "
+        print(f"aotrain: error: unknown command {command!r}; choose fit, world, eval, robustness, export or filter "
               "(aotrain --help)", file=sys.stderr)
         return 2
     if "-h" in args or "--help" in args:
