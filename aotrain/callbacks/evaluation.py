@@ -4,7 +4,8 @@
 Metrics go to the Trainer's logger as `eval/<group>/<metric>` (names: evaluation/evaluate.py) and to
 `callback_metrics`, so ModelCheckpoint can monitor them. The tables of the latest evaluation are
 written to `<out_dir>/eval/` and logged as artifacts by aotrain.tracking at the end of fit.
-Only global rank 0 evaluates; the other ranks wait for its metrics in a broadcast.
+Global rank 0 evaluates and the other ranks wait for its metrics in a broadcast; under FSDP and
+ZeRO-3 every rank evaluates inside a parameter gather (a collective), so no rank waits on another.
 `aotrain eval checkpoint=...` runs the same code (aotrain.benchmarks) on a saved checkpoint.
 """
 from __future__ import annotations
@@ -41,8 +42,16 @@ class BenchmarkEvaluation(L.Callback):
             return
         self._last_step = step
         metrics = None
+        sharded = full_parameters(trainer.strategy, pl_module)
+        if sharded is not None:
+            # Parameters live in shards: gathering them is collective, so every rank evaluates
+            # (the same numbers) inside the gather, and rank 0 alone writes and logs.
+            with sharded:
+                result = self.evaluate(pl_module)
+        elif trainer.is_global_zero:
+            result = self.evaluate(pl_module)
         if trainer.is_global_zero:
-            self.last = self.evaluate(pl_module)
+            self.last = result
             self.last.write(self.out_dir / "eval")
             metrics = {f"eval/{k}": v for k, v in self.last.metrics.items()}
             if trainer.logger is not None:
@@ -60,3 +69,19 @@ class BenchmarkEvaluation(L.Callback):
 
     def on_train_end(self, trainer, pl_module):
         self._run(trainer, pl_module)  # no-op when the last step was already evaluated
+
+
+def full_parameters(strategy, pl_module):
+    """A context that gathers whole parameters on every rank under FSDP or ZeRO-3; None when each
+    rank already holds them (single device, DDP, ZeRO-1/2)."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+
+    if isinstance(strategy, FSDPStrategy):
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        return FullyShardedDataParallel.summon_full_params(strategy.model, writeback=False)
+    if isinstance(strategy, DeepSpeedStrategy) and strategy.config.get("zero_optimization", {}).get("stage") == 3:
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(pl_module.parameters()), modifier_rank=None)
+    return None
