@@ -148,10 +148,16 @@ def fit(cfg) -> dict:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.module)
-    logger = make_logger(cfg, run_name=run_dir.name, run_id=pointer["run_id"] if pointer else None)
     callbacks = build_callbacks(cfg, run_dir)
-    trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks + fault_callbacks(),
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=callbacks + fault_callbacks(),
                           default_root_dir=str(run_dir))
+    # Only rank 0 talks to MLflow: ranks started together by srun would otherwise all open (and
+    # migrate) a fresh SQLite store at once. The others log nothing, so they need no LR monitor.
+    if trainer.is_global_zero:
+        logger = make_logger(cfg, run_name=run_dir.name, run_id=pointer["run_id"] if pointer else None)
+        trainer.loggers = [logger]
+    else:
+        trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
 
     if trainer.is_global_zero and ckpt is None:
         run_dir.mkdir(parents=True, exist_ok=True)

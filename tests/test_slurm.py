@@ -112,8 +112,9 @@ def test_template_asks_slurm_for_one_task_per_gpu_requeue_and_warning_signal(tem
 def test_lightning_reads_the_allocation_from_slurm_variables(monkeypatch, nodes):
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
-    for name in FOREIGN:
-        monkeypatch.delenv(name, raising=False)
+    for name in FOREIGN:  # set-then-delete: main_address / main_port write MASTER_* into os.environ,
+        monkeypatch.setenv(name, "")  # and only a recorded variable is restored (here: removed) afterwards
+        monkeypatch.delenv(name)
     monkeypatch.setenv("PATH", "/nonexistent")  # no srun here, and no warning about it either
     env = {"SLURM_NTASKS": "16", "SLURM_NTASKS_PER_NODE": "8", "SLURM_NNODES": "2", "SLURM_NODEID": "1",
            "SLURM_PROCID": "11", "SLURM_LOCALID": "3", "SLURM_NODELIST": nodes, "SLURM_JOB_ID": "4312345",
@@ -135,18 +136,12 @@ def test_lightning_reads_the_allocation_from_slurm_variables(monkeypatch, nodes)
     assert not SLURMEnvironment.detect()
 
 
-MLFLOW_RACE = ("every rank opens the default sqlite MLflow store at once (aotrain/tracking.py make_logger -> "
-               "MlflowClient creates its tables); on a fresh store the tasks race: duplicate column name")
-
-
-@pytest.mark.parametrize("precreate_mlflow_store", [
-    True,
-    pytest.param(False, marks=pytest.mark.xfail(reason=MLFLOW_RACE, strict=False)),
-], ids=["store-exists", "fresh-store"])
+# fresh-store: tasks started together must not race to create the SQLite store (only rank 0 opens it).
+@pytest.mark.parametrize("precreate_mlflow_store", [True, False], ids=["store-exists", "fresh-store"])
 def test_launch_line_trains_as_two_slurm_tasks_into_one_run_folder(tmp_path, cli_accepts_resume,
                                                                      precreate_mlflow_store):
     template = REPO / "slurm" / "fit_1node.sbatch"
-    job_id, port = free_port_job_id()
+    job_id, _ = free_port_job_id()
     allocation = {"SLURM_NNODES": "1", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NTASKS": "2", "SLURM_NODEID": "0",
                   "SLURM_NODELIST": "localhost", "SLURM_JOB_ID": job_id, "SLURM_JOB_NAME": "aotrain-test"}
     argv = expand(srun_line(template), allocation, SMOKE)
