@@ -54,6 +54,8 @@ import numpy as np
 
 from data_filters.files import atomic_path
 
+from .metrics import as_numpy
+
 __all__ = ["CZSLCurve", "czsl_curve"]
 
 
@@ -200,17 +202,11 @@ def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
     return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2))
 
 
-def _to_numpy(x) -> np.ndarray:
-    if hasattr(x, "detach"):  # torch tensor, without importing torch here
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
 def _validate(scores, targets, unseen) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Convert to numpy and check shapes / ranges; returns (scores [N, P] f64, targets [N] i64, unseen [P] bool)."""
-    scores = _to_numpy(scores)
-    targets = _to_numpy(targets)
-    unseen = _to_numpy(unseen)
+    scores = as_numpy(scores)
+    targets = as_numpy(targets)
+    unseen = as_numpy(unseen)
     if scores.ndim != 2 or scores.shape[0] == 0 or scores.shape[1] == 0:
         raise ValueError(f"scores must be a non-empty [N, P] matrix, got shape {scores.shape}")
     n, p = scores.shape

@@ -9,6 +9,7 @@ Usage::
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -24,3 +25,10 @@ def class_mean_accuracy(correct: torch.Tensor, targets: torch.Tensor, num_classe
     """Mean over classes that have samples of the per-class accuracy."""
     acc = per_class_accuracy(correct, targets, num_classes)
     return float(acc[~acc.isnan()].mean())
+
+
+def as_numpy(x) -> np.ndarray:
+    """A numpy array of `x` (torch tensors are detached and moved to CPU first)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)

@@ -40,6 +40,8 @@ import numpy as np
 
 from data_filters.files import atomic_path, write_text_atomic
 
+from .metrics import as_numpy
+
 __all__ = ["RobustnessFit", "fit_effective_robustness", "load_points", "robustness_main"]
 
 SCALES = ("logit", "linear")
@@ -67,7 +69,7 @@ class RobustnessFit:
 
     def predict(self, id_acc) -> np.ndarray:
         """Predicted OOD accuracy (accuracy units) at ``id_acc`` (scalar or array; same shape back)."""
-        x = _transform(np.asarray(_to_numpy(id_acc), dtype=np.float64), self.scale, self.eps)
+        x = _transform(np.asarray(as_numpy(id_acc), dtype=np.float64), self.scale, self.eps)
         return _inverse(self.slope * x + self.intercept, self.scale)
 
     def to_dict(self) -> dict:
@@ -151,8 +153,8 @@ def fit_effective_robustness(
         raise ValueError(f"unknown scale {scale!r}; expected one of {', '.join(SCALES)}")
     if not 0 < eps < 0.5:
         raise ValueError(f"eps must be in (0, 0.5), got {eps}")
-    x_acc = np.asarray(_to_numpy(id_acc), dtype=np.float64).reshape(-1)  # [n]
-    y_acc = np.asarray(_to_numpy(ood_acc), dtype=np.float64).reshape(-1)  # [n]
+    x_acc = np.asarray(as_numpy(id_acc), dtype=np.float64).reshape(-1)  # [n]
+    y_acc = np.asarray(as_numpy(ood_acc), dtype=np.float64).reshape(-1)  # [n]
     if len(x_acc) != len(y_acc):
         raise ValueError(f"id_acc and ood_acc lengths differ: {len(x_acc)} vs {len(y_acc)}")
     names = [str(i) for i in range(len(x_acc))] if names is None else [str(n) for n in names]
@@ -293,7 +295,7 @@ def _baseline_mask(baseline, names: list[str]) -> np.ndarray:
     n = len(names)
     if baseline is None:
         return np.ones(n, dtype=bool)
-    values = list(_to_numpy(baseline)) if hasattr(baseline, "detach") else list(baseline)
+    values = list(as_numpy(baseline)) if hasattr(baseline, "detach") else list(baseline)
     if values and all(isinstance(v, str) for v in values):
         unknown = [v for v in values if v not in names]
         if unknown:
@@ -304,15 +306,6 @@ def _baseline_mask(baseline, names: list[str]) -> np.ndarray:
     if mask.shape != (n,) or not (mask.dtype == np.bool_ or np.isin(mask, (0, 1)).all()):
         raise ValueError(f"baseline must be None, a [n] = ({n},) bool mask, or a list of names")
     return mask.astype(bool)
-
-
-def _to_numpy(x):
-    if hasattr(x, "detach"):  # torch tensor, without importing torch here
-        return x.detach().cpu().numpy()
-    return x
-
-
-# --- loading helpers ---------------------------------------------------------------------------
 
 
 def _find_metrics_file(path: Path) -> Path:
