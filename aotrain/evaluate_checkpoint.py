@@ -75,31 +75,37 @@ def _device(spec: str) -> torch.device:
     return torch.device(spec)
 
 
-def _log(cfg, info, result, out: Path, bench_name: str) -> str | None:
+def _log_target(cfg, info) -> dict | None:
+    """The checkpoint's MLflow run pointer for log_to=checkpoint; checked before any work is done."""
+    if cfg.log_to != "checkpoint":
+        return None
+    pointer = read_run_pointer(info["run_dir"]) if info["run_dir"] else None
+    if pointer is None:
+        raise UserError(f"log_to=checkpoint: no mlflow.json in the run folder of {info['source']}; use log_to=new")
+    return pointer
+
+
+def _log(cfg, info, pointer, result, out: Path, bench_name: str) -> str | None:
     metrics = {f"eval/{k}": v for k, v in result.metrics.items()}
     if cfg.log_to == "none":
         return None
     if cfg.log_to == "checkpoint":
-        pointer = read_run_pointer(info["run_dir"]) if info["run_dir"] else None
-        if pointer is None:
-            raise UserError(f"log_to=checkpoint: no mlflow.json in the run folder of {info['source']}; use log_to=new")
         return log_evaluation(pointer["tracking_uri"], metrics, out, step=info["step"], run_id=pointer["run_id"])
-    if cfg.log_to == "new":
-        params = {"model": info["model_name"], "weights": info["source"], "benchmark": bench_name,
-                  "step": info["step"], "open_world": cfg.open_world}
-        return log_evaluation(cfg.logger.tracking_uri, metrics, out, step=info["step"],
-                              experiment_name=cfg.logger.experiment_name,
-                              artifact_location=cfg.logger.artifact_location,
-                              run_name=f"eval-{info['model_name']}-{bench_name}", params=params)
-    raise UserError(f"log_to={cfg.log_to}: choose none, new or checkpoint")
+    params = {"model": info["model_name"], "weights": info["source"], "benchmark": bench_name,
+              "step": info["step"], "open_world": cfg.open_world}
+    return log_evaluation(cfg.logger.tracking_uri, metrics, out, step=info["step"],
+                          experiment_name=cfg.logger.experiment_name,
+                          artifact_location=cfg.logger.artifact_location,
+                          run_name=f"eval-{info['model_name']}-{bench_name}", params=params)
 
 
 def evaluate_checkpoint(cfg) -> dict:
     """Load, evaluate, write, log; returns a summary (printed by the CLI)."""
-    if cfg.log_to not in ("none", "new", "checkpoint"):
+    if cfg.log_to not in ("none", "new", "checkpoint"):  # before loading anything
         raise UserError(f"log_to={cfg.log_to}: choose none, new or checkpoint")
     device = _device(str(cfg.device))
     model, info = _load_model(cfg)
+    pointer = _log_target(cfg, info)
     section, bench_name = _section(cfg, info)
     try:
         benchmark = Benchmark.from_config(section, info["model_name"])
@@ -118,7 +124,7 @@ def evaluate_checkpoint(cfg) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     publish_dir(tmp, out, overwrite=True)  # a folder appears whole or not at all
-    run_id = _log(cfg, info, result, out, bench_name)
+    run_id = _log(cfg, info, pointer, result, out, bench_name)
     return {"model": info["model_name"], "source": info["source"], "step": info["step"], "out": str(out),
             "mlflow_run": run_id, "skipped": {s: ds.skipped for s, ds in benchmark.splits.items()},
             "metrics": result.headline()}
