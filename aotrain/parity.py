@@ -19,7 +19,6 @@ stops, naming every item that differs, before any training. Items:
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from pathlib import Path
@@ -31,11 +30,6 @@ from data_filters.vocab import load_vocabulary
 RECORD = "parity.json"
 ITEMS = ("vision_tower", "vision_parameters", "image_transforms", "data", "global_batch", "max_steps",
          "schedule", "precision")
-
-
-@functools.cache
-def _vision_parameters(model_name: str) -> int:
-    return sum(p.numel() for p in towers.build_vision_tower(model_name).parameters())
 
 
 def _data_checksum(pool: str, subset: dict | None) -> str:
@@ -56,14 +50,15 @@ def _vocabulary_checksum(spec: str | None) -> str | None:
     return hashlib.sha256(json.dumps(content).encode()).hexdigest()[:16]
 
 
-def parity_record(cfg, world: dict | None) -> dict:
-    """The parity items of a prepared (resolved) config; `world` as `train.prepare` returns it."""
+def parity_record(cfg, world: dict | None, vision_parameters: int) -> dict:
+    """The parity items of a prepared (resolved) config; `world` as `train.prepare` returns it and the
+    built module's image-tower parameter count."""
     model = towers.model_config(cfg.model.name)
     train_tf, eval_tf = towers.image_transforms(cfg.model.name)
     trainer = cfg.trainer
     return {
         "vision_tower": {"embed_dim": model["embed_dim"], **model["vision_cfg"]},
-        "vision_parameters": _vision_parameters(cfg.model.name),
+        "vision_parameters": vision_parameters,
         "image_transforms": {"train": repr(train_tf), "eval": repr(eval_tf)},
         "data": {
             "checksum": _data_checksum(cfg.data.pool, (world or {}).get("subset")),

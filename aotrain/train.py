@@ -139,15 +139,15 @@ def fit(cfg) -> dict:
     ckpt, pointer = _resume(cfg)
     world = prepare(cfg)
     run_dir = Path(cfg.paths.run_dir)
-    try:
-        parity = parity_record(cfg, world)
-    except ValueError as e:  # an unknown model name, a vocabulary that does not load
-        raise UserError(str(e)) from None
-    if cfg.parity.twin:
-        check_twin(parity, cfg.parity.twin)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.module)
+    try:
+        parity = parity_record(cfg, world, module.vision_parameter_count())
+    except ValueError as e:  # a vocabulary that does not load
+        raise UserError(str(e)) from None
+    if cfg.parity.twin:
+        check_twin(parity, cfg.parity.twin)  # before anything is written or trained
     callbacks = build_callbacks(cfg, run_dir)
     trainer = instantiate(cfg.trainer, logger=False, callbacks=callbacks + fault_callbacks(),
                           default_root_dir=str(run_dir))
