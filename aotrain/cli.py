@@ -6,6 +6,8 @@
     aotrain eval checkpoint=PATH [benchmark=DIR]  evaluate a saved model on ImageNet-AO-format folders
     aotrain robustness METRICS.json ...          effective robustness across evaluated models
     aotrain export CKPT_DIR [OUT.ckpt]           one file from a sharded DeepSpeed/FSDP checkpoint
+    aotrain sweep recipe=NAME [KEY=VALUE ...]    a grid of fits under one MLflow parent run, then a report
+    aotrain report sweep=NAME                    a sweep's tables, effect sizes with CIs and plots
     aotrain filter stats|label|select|reshard    caption statistics and subset selection
 """
 from __future__ import annotations
@@ -28,6 +30,9 @@ commands:
            pair (closed/open world), object, attribute, seen vs unseen, CZSL, contamination
   robustness  fit unseen- against seen-pair accuracy across evaluated models (effective robustness)
   export   one checkpoint file from a sharded DeepSpeed or FSDP checkpoint folder (for aotrain eval)
+  sweep    a grid of fits (NMI x size x seed x supervision ...) as MLflow child runs of one parent,
+           run here N at a time or on Slurm; skips finished cells when re-run; ends with the report
+  report   a sweep's report: mean ± 95% CI per cell, effect sizes (slopes, CLIP minus supervised), plots
   filter   caption-side tools: stats (NMI of a caption set), label (pairs per caption),
            select (subsets at a target NMI), reshard (shards holding exactly a subset),
            contamination (benchmark pairs found in a pool)
@@ -74,7 +79,7 @@ def recipes_and_options() -> list[str]:
     lines = ["recipes:"]
     lines += [f"  {r:<22}{describe('recipe', r)}" for r in group_options("recipe")]
     lines += ["", "config groups (GROUP=CHOICE):"]
-    lines += [f"  {g:<22}{', '.join(group_options(g))}" for g in groups() if g != "recipe"]
+    lines += [f"  {g:<22}{', '.join(group_options(g))}" for g in groups() if g not in ("recipe", "sweeps")]
     lines += ["", "main options:"]
     lines += [f"  {k:<34}{v}" for k, v in MAIN_OPTIONS]
     lines += ["", "Any key of the composed config can be set as KEY=VALUE (see --print-config)."]
@@ -109,6 +114,29 @@ def eval_help() -> str:
     lines = ["usage: aotrain eval [--print-config] KEY=VALUE ...", "",
              "Evaluate a model on an ImageNet-AO-format benchmark; writes metrics.json and tables.", "", "options:"]
     lines += [f"  {k:<32}{v}" for k, v in EVAL_OPTIONS]
+    return "\n".join(lines)
+
+
+SWEEP_OPTIONS = [
+    ("recipe=NAME", "the sweep recipe (recipes/sweeps/): its name, base fit overrides and grid"),
+    ("grid.AXIS=[v1,v2,...]", "values of an axis (nmi, size, seed, supervision, model); null: not swept"),
+    ("'extra=[KEY=VALUE,...]'", "more fit overrides for every cell, after the recipe's base"),
+    ("launcher.parallel=INT", "fits at a time on this machine (default 1)"),
+    ("launcher.threads=INT", "CPU threads per fit (default: cores / parallel)"),
+    ("launcher.kind=submitit", "submit the fits through Hydra's submitit launcher (Slurm; slurm/README.md)"),
+    ("paths.root=PATH", "where worlds, runs, sweeps and the MLflow store go (default ./outputs)"),
+    ("report.after_sweep=false", "do not write the report at the end (aotrain report sweep=NAME does)"),
+]
+
+
+def sweep_help() -> str:
+    from aotrain.config import describe, group_options
+
+    lines = ["usage: aotrain sweep [--print-config] recipe=NAME [KEY=VALUE ...]", "",
+             "Run a grid of fits as MLflow child runs of one parent run, then write the sweep's report.",
+             "Re-running the same sweep skips finished cells and resumes interrupted ones.", "", "sweep recipes:"]
+    lines += [f"  {r:<22}{describe('sweeps', r)}" for r in group_options("sweeps")]
+    lines += ["", "options:"] + [f"  {k:<30}{v}" for k, v in SWEEP_OPTIONS]
     return "\n".join(lines)
 
 
@@ -216,17 +244,25 @@ def main(argv: list[str] | None = None) -> int:
         from aotrain.export import export_main
 
         return export_main(args)
-    if command not in ("fit", "world", "eval"):
-        print(f"aotrain: error: unknown command {command!r}; choose fit, world, eval, robustness, export or filter "
-              "(aotrain --help)", file=sys.stderr)
+    if command not in ("fit", "world", "eval", "sweep", "report"):
+        print(f"aotrain: error: unknown command {command!r}; choose fit, world, eval, sweep, report, robustness, "
+              "export or filter (aotrain --help)", file=sys.stderr)
         return 2
-    if "-h" in args or "--help" in args:
-        print(eval_help() if command == "eval" else command_help(command))
+    if ("-h" in args or "--help" in args) and command != "report":
+        print(eval_help() if command == "eval" else sweep_help() if command == "sweep" else command_help(command))
         return 0
     from aotrain.config import UserError
 
     _quiet_third_party()
     try:
+        if command == "sweep":
+            from aotrain.sweeps.sweep import sweep_main
+
+            return sweep_main(args)
+        if command == "report":
+            from aotrain.sweeps.collect import report_main
+
+            return report_main(args)
         return run_eval(args) if command == "eval" else run(command, args)
     except UserError as e:
         print(f"aotrain {command}: error: {e}", file=sys.stderr)

@@ -114,15 +114,35 @@ def log_evaluation(tracking_uri: str, metrics: dict, out_dir: Path, step: int = 
     client = MlflowClient(tracking_uri=tracking_uri)
     new = run_id is None
     if new:
-        experiment = client.get_experiment_by_name(experiment_name)
-        local = tracking_uri.startswith(LOCAL_SCHEMES)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(
-            experiment_name, artifact_location=artifact_location if local else None)
-        run_id = client.create_run(experiment_id, run_name=run_name, tags={"aotrain.kind": "eval"}).info.run_id
+        experiment = experiment_id(client, experiment_name, tracking_uri, artifact_location)
+        run_id = create_run(client, experiment, run_name, tags={"aotrain.kind": "eval"})
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()],
                      params=[Param(k, str(v)) for k, v in (params or {}).items()] if new else [])
     client.log_artifacts(run_id, str(out_dir), artifact_path=Path(out_dir).name)
     if new:
         client.set_terminated(run_id)
+    return run_id
+
+
+def experiment_id(client, name: str, tracking_uri: str, artifact_location: str | None) -> str:
+    """The id of experiment `name`, created (with our artifact location on a local store) when missing."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    local = tracking_uri.startswith(LOCAL_SCHEMES)
+    return client.create_experiment(name, artifact_location=artifact_location if local else None)
+
+
+def create_run(client, experiment: str, run_name: str, tags: dict, params: dict | None = None,
+               parent_run_id: str | None = None) -> str:
+    """A new RUNNING run (a child of `parent_run_id` when given, MLflow's own parent tag); returns its id."""
+    from mlflow.entities import Param
+
+    tags = dict(tags)
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    run_id = client.create_run(experiment, run_name=run_name, tags=tags).info.run_id
+    if params:
+        client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
     return run_id

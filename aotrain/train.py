@@ -154,7 +154,8 @@ def fit(cfg) -> dict:
     # Only rank 0 talks to MLflow: ranks started together by srun would otherwise all open (and
     # migrate) a fresh SQLite store at once. The others log nothing, so they need no LR monitor.
     if trainer.is_global_zero:
-        logger = make_logger(cfg, run_name=run_dir.name, run_id=pointer["run_id"] if pointer else None)
+        logger = make_logger(cfg, run_name=run_dir.name,
+                             run_id=pointer["run_id"] if pointer else cfg.logger.get("run_id"))
         trainer.loggers = [logger]
     else:
         trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]

@@ -1,0 +1,247 @@
+"""Ablation-sweep plots: accuracy against NMI and size (95% CIs over seeds), unseen against seen per run.
+
+``_write_plots`` writes acc_vs_nmi.png / acc_vs_size.png (when that axis has more than one value)
+and robustness.png from the runs frame described in ``evaluation.sweep_stats``.  This file also
+holds the display labels (metric and axis names, axis values) that the Markdown report shares.
+
+matplotlib is imported lazily and only through its Agg canvas.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from data_filters.files import atomic_path
+from evaluation.sweep_stats import SUPERVISION_AXIS, _groups, _missing, _present_axes, cell_table
+
+__all__ = ["metric_label"]
+
+UNSEEN_OBJECT = "eval/unseen/object_top1"
+
+AXIS_LABELS = {"nmi": "NMI", "size": "size", "diversity": "diversity"}
+SUPERVISION_LABELS = {"language": "CLIP, language supervision", "labels": "supervised twin, label supervision"}
+SUPERVISION_MARKERS = {"language": "o", "labels": "s"}
+
+
+# ----------------------------------------------------------------------------------------------
+# Frame helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _has_values(runs: pd.DataFrame, column: str) -> bool:
+    """True if ``column`` exists and holds at least one non-NaN value."""
+    return column in runs.columns and bool(runs[column].notna().any())
+
+
+def _supervisions(runs: pd.DataFrame) -> list:
+    """Supervision values present, language first; [None] when the sweep has no such axis."""
+    if SUPERVISION_AXIS not in runs.columns:
+        return [None]
+    order = {"language": 0, "labels": 1}
+    return sorted(runs[SUPERVISION_AXIS].dropna().unique().tolist(), key=lambda s: (order.get(s, 2), str(s)))
+
+
+def _unique(items) -> list:
+    """``items`` without repeats, first occurrence kept."""
+    return list(dict.fromkeys(items))
+
+
+# ----------------------------------------------------------------------------------------------
+# Labels
+# ----------------------------------------------------------------------------------------------
+
+
+def _fmt_value(value) -> str:
+    """An axis value for prose and tables: 12800 -> "12,800", 0.78 -> "0.78", NaN -> "n/a"."""
+    if _missing(value):
+        return "n/a"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        return str(value)
+    if float(value).is_integer():
+        return f"{int(value):,}"
+    return f"{float(value):g}"
+
+
+def metric_label(metric: str) -> str:
+    """Human name of an MLflow metric key: "eval/unseen/pair_top1" -> "unseen-pair top-1".
+
+        >>> metric_label("eval/czsl/auc")    # "CZSL AUC"
+    """
+    parts = metric.removeprefix("eval/").split("/")
+    name = parts[-1]
+    match = re.fullmatch(r"(.*)_top(\d+)(.*)", name)
+    if match:
+        name = f"{match[1]} top-{match[2]}{match[3].replace('_', ' ')}"
+    else:
+        name = name.upper() if len(name) <= 3 else name.replace("_", " ")
+    if len(parts) == 2 and parts[0] == "czsl":
+        return f"CZSL {name}"
+    return "-".join([*parts[:-1], name]) if len(parts) > 1 else name
+
+
+def _axis_label(axis: str) -> str:
+    """Display name of an axis ("nmi" -> "NMI")."""
+    return AXIS_LABELS.get(axis, axis)
+
+
+# ----------------------------------------------------------------------------------------------
+# Plots
+# ----------------------------------------------------------------------------------------------
+
+
+def _figure(nrows: int, ncols: int, panel_size: tuple[float, float] = (4.6, 3.6)):
+    """A matplotlib Figure on its own Agg canvas and its [nrows][ncols] grid of axes.
+
+    The canvas is attached directly instead of switching the pyplot backend, so making a plot
+    neither needs a display nor changes any global matplotlib state.  Constrained layout keeps
+    labels and a colorbar spanning several panels from overlapping.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(panel_size[0] * ncols, panel_size[1] * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    grid = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, grid
+
+
+def _save_png(fig, path: Path) -> Path:
+    """Write ``fig`` to ``path`` as a PNG, atomically."""
+    with atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    return path
+
+
+def _no_data(ax) -> None:
+    """Mark an empty panel (e.g. pair accuracy of label-supervised runs) and hide its axes."""
+    ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
+    ax.set_axis_off()
+
+
+def _plot_metric_lines(runs: pd.DataFrame, out: Path, x: str, line_axis: str,
+                       metrics: Sequence[str], log_x: bool) -> Path:
+    """Grid of panels (rows: metrics, columns: supervisions): metric vs ``x``, one line per ``line_axis``.
+
+    Error bars are 95% t-intervals over the runs of each point (the seeds, for the usual grid).
+    """
+    supervisions = _supervisions(runs)
+    fig, grid = _figure(len(metrics), len(supervisions))
+    for i, metric in enumerate(metrics):
+        for j, supervision in enumerate(supervisions):
+            ax = grid[i][j]
+            sub = runs if supervision is None else runs[runs[SUPERVISION_AXIS] == supervision]
+            _draw_lines(ax, sub, x, line_axis, metric)
+            if log_x:
+                _log2_ticks(ax, runs[x])
+            ax.set_xlabel(_axis_label(x) + (" (log scale)" if log_x else ""))
+            ax.set_ylabel(metric_label(metric))
+            ax.set_title(SUPERVISION_LABELS.get(supervision, _fmt_value(supervision)) if supervision else "",
+                         fontsize=9)
+            ax.grid(alpha=0.3)
+    return _save_png(fig, out)
+
+
+def _draw_lines(ax, runs: pd.DataFrame, x: str, line_axis: str, metric: str) -> None:
+    """Mean ± CI of ``metric`` against ``x``, one errorbar line per value of ``line_axis``."""
+    keys = [k for k in (line_axis, x) if k in runs.columns]
+    table = cell_table(runs, keys, metric) if len(runs) else pd.DataFrame()
+    if not len(table):
+        _no_data(ax)
+        return
+    for line, sub in _groups(table, [line_axis] if line_axis in table.columns else []):
+        sub = sub.sort_values(x)
+        yerr = sub["ci"].fillna(0.0).to_numpy(dtype=np.float64)  # n = 1: a point without a bar
+        label = f"{_axis_label(line_axis)} {_fmt_value(line[line_axis])}" if line else "all runs"
+        ax.errorbar(sub[x].to_numpy(dtype=np.float64), sub["mean"].to_numpy(dtype=np.float64), yerr=yerr,
+                    marker="o", capsize=3, label=label)
+    ax.legend(fontsize=7, loc="best")
+
+
+def _log2_ticks(ax, values: pd.Series) -> None:
+    """Log2 x axis ticked at the values swept, labelled like "12,800"."""
+    from matplotlib.ticker import NullLocator
+
+    ticks = sorted(values.dropna().unique().tolist())
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([_fmt_value(t) for t in ticks], fontsize=7)
+    ax.xaxis.set_minor_locator(NullLocator())
+
+
+def _plot_robustness(runs: pd.DataFrame, out: Path) -> Path:
+    """Unseen vs seen accuracy per run: pair top-1 (CLIP runs) and object top-1 (all runs).
+
+    Colour is NMI (when the sweep has it), marker is the supervision; the dashed line is y = x.
+    """
+    panels = [("pair", "eval/seen/pair_top1", "eval/unseen/pair_top1", "language"),
+              ("object", "eval/seen/object_top1", UNSEEN_OBJECT, None)]
+    fig, grid = _figure(1, len(panels), panel_size=(4.8, 4.2))
+    color_range = _nmi_range(runs)
+    mappable = None
+    for ax, (task, seen, unseen, only) in zip(grid[0], panels):
+        sub = runs
+        if only is not None and SUPERVISION_AXIS in runs.columns:
+            sub = runs[runs[SUPERVISION_AXIS] == only]
+        mappable = _scatter_seen_unseen(ax, sub, seen, unseen, color_range) or mappable
+        ax.set_title(f"{task} top-1 per run", fontsize=9)
+        ax.set_xlabel(metric_label(seen))
+        ax.set_ylabel(metric_label(unseen))
+        ax.grid(alpha=0.3)
+    if mappable is not None:
+        fig.colorbar(mappable, ax=list(grid[0]), label="NMI")
+    return _save_png(fig, out)
+
+
+def _nmi_range(runs: pd.DataFrame) -> tuple[float, float] | None:
+    """(min, max) NMI for a shared colour scale, or None when the sweep has no NMI values."""
+    if not _has_values(runs, "nmi"):
+        return None
+    lo, hi = float(runs["nmi"].min()), float(runs["nmi"].max())
+    return (lo, hi if hi > lo else lo + 1e-9)
+
+
+def _scatter_seen_unseen(ax, runs: pd.DataFrame, seen: str, unseen: str, color_range):
+    """Scatter one point per run with both metrics; returns a colour mappable when NMI colours it."""
+    if seen not in runs.columns or unseen not in runs.columns:
+        _no_data(ax)
+        return None
+    runs = runs[runs[seen].notna() & runs[unseen].notna()]
+    if not len(runs):
+        _no_data(ax)
+        return None
+    from matplotlib.lines import Line2D
+
+    mappable, handles = None, []
+    for name in _supervisions(runs):
+        sub = runs if name is None else runs[runs[SUPERVISION_AXIS] == name]
+        marker = SUPERVISION_MARKERS.get(name, "^")
+        style = {"marker": marker, "edgecolors": "black", "linewidths": 0.4, "s": 36}
+        if color_range is not None:
+            style.update(c=sub["nmi"].to_numpy(dtype=np.float64), cmap="viridis",
+                         vmin=color_range[0], vmax=color_range[1])
+        mappable = ax.scatter(sub[seen], sub[unseen], **style)
+        # Grey proxy: a legend entry coloured like its first point would suggest an NMI.
+        handles.append(Line2D([], [], linestyle="", marker=marker, color="grey", label=name or "runs"))
+    lo = float(min(runs[seen].min(), runs[unseen].min()))
+    hi = float(max(runs[seen].max(), runs[unseen].max()))
+    handles += ax.plot([lo, hi], [lo, hi], "--", color="grey", linewidth=1, label="y = x")
+    ax.legend(handles=handles, fontsize=7, loc="best")
+    return mappable if color_range is not None else None
+
+
+def _write_plots(runs: pd.DataFrame, out_dir: Path, axes: Sequence[str], primary: str) -> dict[str, Path]:
+    """acc_vs_nmi.png / acc_vs_size.png (when that axis has > 1 value) and robustness.png."""
+    metrics = [m for m in _unique([primary, UNSEEN_OBJECT]) if _has_values(runs, m)]
+    present = _present_axes(runs, axes)
+    written = {}
+    for x, line_axis, log_x in (("nmi", "size", False), ("size", "nmi", True)):
+        if metrics and x in present and runs[x].nunique() > 1:
+            name = f"acc_vs_{x}.png"
+            written[name] = _plot_metric_lines(runs, out_dir / name, x, line_axis, metrics, log_x)
+    written["robustness.png"] = _plot_robustness(runs, out_dir / "robustness.png")
+    return written

@@ -1,0 +1,389 @@
+"""Ablation-sweep report: per-cell tables, effects, supervision gap, plots and a Markdown summary on disk.
+
+The statistics come from ``evaluation.sweep_stats`` and the plots from ``evaluation.sweep_plots``;
+this file formats them: CSV / JSON tables, one headline sentence per effect, and report.md.
+
+Usage::
+
+    from evaluation.sweep_report import write_report
+    axes = ["nmi", "size", "seed", "supervision"]
+    paths = write_report(runs, "reports/nmi_sweep", axes, title="NMI sweep")
+    paths["report.md"]                                        # Path of the Markdown report
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from pandas.api.types import is_numeric_dtype
+
+from data_filters.files import atomic_path
+from evaluation.sweep_plots import (SUPERVISION_LABELS, UNSEEN_OBJECT, _axis_label, _fmt_value, _has_values,
+                                    _unique, _write_plots, metric_label)
+from evaluation.sweep_stats import (CELL_COLUMNS, GAP_COLUMNS, NUMERIC_AXES, SUPERVISION_AXIS, _cell_axes,
+                                    _check_runs, _missing, _plus_minus, _present_axes, _scalar, _transform,
+                                    cell_table, slopes, supervision_gap)
+
+__all__ = ["headline", "write_report"]
+
+PRIMARY_METRIC = "eval/unseen/pair_top1"
+CZSL_AUC = "eval/czsl/auc"
+
+# Verbs for moving an axis up / down in a headline sentence.
+AXIS_VERBS = {"size": ("growing", "shrinking")}
+DEFAULT_VERBS = ("raising", "lowering")
+
+EFFECT_STATS = ("slope", "se", "ci_low", "ci_high", "n", "x_min", "x_max", "change")
+
+
+# ----------------------------------------------------------------------------------------------
+# Frame helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _numeric_axes(runs: pd.DataFrame, axes: Sequence[str]) -> list[str]:
+    """Cell axes with numbers (known numeric axes or numeric dtype) and more than one value."""
+    return [a for a in _cell_axes(runs, axes)
+            if (a in NUMERIC_AXES or is_numeric_dtype(runs[a])) and runs[a].nunique() > 1]
+
+
+def _seen_counterpart(metric: str) -> str:
+    """The seen-split key of an unseen-split metric (``eval/unseen/x`` -> ``eval/seen/x``)."""
+    return metric.replace("/unseen/", "/seen/")
+
+
+# ----------------------------------------------------------------------------------------------
+# Formatting
+# ----------------------------------------------------------------------------------------------
+
+
+def _decimals(value: float) -> int:
+    """Decimals that show ``value`` with two significant digits (at least 2, at most 6)."""
+    if _missing(value) or value == 0 or not math.isfinite(value):
+        return 2
+    return int(min(6, max(2, 1 - math.floor(math.log10(abs(value))))))
+
+
+def _fmt_effect(value: float, decimals: int) -> str:
+    """A slope / CI bound / change with ``decimals`` decimals ("n/a" for NaN)."""
+    return "n/a" if _missing(value) else f"{value:.{decimals}f}"
+
+
+def _unit_phrase(axis: str, kind: str) -> str:
+    """What one unit of slope means: "per unit NMI" or "per doubling of size"."""
+    return f"per doubling of {_axis_label(axis)}" if kind == "log2" else f"per unit {_axis_label(axis)}"
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    """``frame`` as a GitHub Markdown table (cells formatted with ``_fmt_cell``)."""
+    header = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(_fmt_cell(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def _fmt_cell(value) -> str:
+    """A Markdown table cell: floats to 4 significant digits, "|" escaped, NaN as "—"."""
+    if _missing(value):
+        return "—"
+    if isinstance(value, (float, np.floating)) and not float(value).is_integer():
+        return f"{float(value):.4g}"
+    return _fmt_value(value).replace("|", "\\|")
+
+
+# ----------------------------------------------------------------------------------------------
+# Effects and gaps as report tables
+# ----------------------------------------------------------------------------------------------
+
+
+def _effect_metrics(runs: pd.DataFrame, primary: str) -> list[str]:
+    """Metrics whose slopes are reported: primary, unseen object top-1 and their seen counterparts."""
+    candidates = [primary, UNSEEN_OBJECT, _seen_counterpart(primary), _seen_counterpart(UNSEEN_OBJECT)]
+    return [m for m in _unique(candidates) if _has_values(runs, m)]
+
+
+def _effects(runs: pd.DataFrame, axes: Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:
+    """All slopes of ``metrics`` on every numeric axis with > 1 value, in one long frame.
+
+    Columns: metric, x, transform, the cell axes (NaN where the axis is ``x``), then slope, se,
+    ci_low, ci_high, n, x_min, x_max and change (slope times the transformed range swept).
+    """
+    cell_axes = _cell_axes(runs, axes)
+    frames = []
+    for metric in metrics:
+        for x in _numeric_axes(runs, axes):
+            table = slopes(runs, axes, metric, x)
+            if len(table):
+                frames.append(_effect_frame(table, metric, x))
+    columns = ["metric", "x", "transform", *cell_axes, *EFFECT_STATS]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True).reindex(columns=columns)
+
+
+def _effect_frame(table: pd.DataFrame, metric: str, x: str) -> pd.DataFrame:
+    """A ``slopes`` table with metric/transform columns, x_range split into x_min/x_max, and change."""
+    kind = NUMERIC_AXES.get(x, "linear")
+    out = table.drop(columns=["x_range"]).assign(metric=metric, transform=kind)
+    out["x_min"] = [lo for lo, _ in table["x_range"]]
+    out["x_max"] = [hi for _, hi in table["x_range"]]
+    span = _transform(out["x_max"], kind) - _transform(out["x_min"], kind)
+    out["change"] = out["slope"].to_numpy(dtype=np.float64) * span
+    return out
+
+
+def _gap_metrics(runs: pd.DataFrame) -> list[str]:
+    """Object metrics (``eval/<group>/object_*``) that both supervisions have values for."""
+    if SUPERVISION_AXIS not in runs.columns:
+        return []
+    object_metrics = [c for c in runs.columns if str(c).startswith("eval/") and str(c).split("/")[-1].startswith("object")]
+    both = []
+    for metric in object_metrics:
+        sides = [runs.loc[runs[SUPERVISION_AXIS] == s, metric] for s in ("language", "labels")]
+        if all(side.notna().any() for side in sides):
+            both.append(metric)
+    return both
+
+
+def _gaps(runs: pd.DataFrame, axes: Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:
+    """``supervision_gap`` of each metric, stacked with a leading metric column."""
+    keys = [a for a in _cell_axes(runs, axes) if a != SUPERVISION_AXIS]
+    frames = [supervision_gap(runs, axes, m).assign(metric=m) for m in metrics]
+    frames = [f for f in frames if len(f)]
+    columns = ["metric", *keys, *GAP_COLUMNS]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True).reindex(columns=columns)
+
+
+# ----------------------------------------------------------------------------------------------
+# Headlines
+# ----------------------------------------------------------------------------------------------
+
+
+def headline(effect: dict, cell_axes: Sequence[str]) -> str:
+    """One sentence for one row of the effects table (a dict), e.g.
+
+    "At size 12,800 (CLIP, language supervision), unseen-pair top-1 changes by -0.31 per unit NMI
+    (95% CI -0.42 to -0.20, n=9): lowering NMI from 0.78 to 0.09 raises it by about 0.21."
+    """
+    x, kind, slope = effect["x"], effect["transform"], effect["slope"]
+    d = _decimals(slope)
+    ci = (f"95% CI {_fmt_effect(effect['ci_low'], d)} to {_fmt_effect(effect['ci_high'], d)}"
+          if not _missing(effect["ci_low"]) else "95% CI n/a")
+    sentence = (f"{_where(effect, [a for a in cell_axes if a != x])}, {metric_label(effect['metric'])} changes by "
+                f"{_fmt_effect(slope, d)} {_unit_phrase(x, kind)} ({ci}, n={effect['n']}): "
+                f"{_implied_change(effect)}.")
+    if not _missing(effect["ci_low"]) and effect["ci_low"] <= 0 <= effect["ci_high"]:
+        sentence += " The CI includes zero, so the direction is not established."
+    return sentence
+
+
+def _where(effect: dict, fixed: Sequence[str]) -> str:
+    """"At size 12,800 (CLIP, language supervision)": the fixed axes of an effect row."""
+    parts = [f"{_axis_label(a)} {_fmt_value(effect.get(a))}" for a in fixed if a != SUPERVISION_AXIS]
+    text = "At " + ", ".join(parts) if parts else "Across the sweep"
+    if SUPERVISION_AXIS in fixed:
+        supervision = effect.get(SUPERVISION_AXIS)
+        text += f" ({SUPERVISION_LABELS.get(supervision, _fmt_value(supervision))})"
+    return text
+
+
+def _implied_change(effect: dict) -> str:
+    """The change over the swept range, told in the direction that raises the metric."""
+    x, lo, hi, change = effect["x"], effect["x_min"], effect["x_max"], effect["change"]
+    up, down = AXIS_VERBS.get(x, DEFAULT_VERBS)
+    doublings = ""
+    if effect["transform"] == "log2":
+        doublings = f" ({math.log2(hi / lo):g} doublings)"
+    if change == 0:
+        return f"it does not change between {_axis_label(x)} {_fmt_value(lo)} and {_fmt_value(hi)}"
+    verb, start, end = (up, lo, hi) if change > 0 else (down, hi, lo)
+    return (f"{verb} {_axis_label(x)} from {_fmt_value(start)} to {_fmt_value(end)}{doublings} "
+            f"raises it by about {_fmt_effect(abs(change), _decimals(change))}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------
+
+HOW_TO_READ = (
+    "Each run is one training job; a *cell* is the set of runs that share every axis value except "
+    "the seed. Cell tables give the mean over seeds ± the half-width of a 95% t-interval, with the "
+    "number of runs in parentheses (the interval is n/a for a cell with a single run). An *effect* "
+    "is the least-squares slope of a metric on one swept axis with the other axes held fixed, fitted "
+    "to the individual runs (seeds pooled), with a 95% t-interval on n − 2 degrees of freedom; "
+    "slopes on NMI are per unit NMI, slopes on size are per doubling of the dataset size, and the "
+    "implied change is the slope times the range actually swept (not an extrapolation). The "
+    "intervals treat runs as independent samples and assume a straight line on that scale. The "
+    "supervision gap is CLIP (language-supervised) minus supervised-twin (label-supervised) "
+    "accuracy, paired by seed within each cell. Accuracies are fractions in [0, 1]."
+)
+
+PLOT_CAPTIONS = {
+    "acc_vs_nmi.png": "Accuracy against NMI (one line per size, 95% CI over seeds)",
+    "acc_vs_size.png": "Accuracy against size (one line per NMI, 95% CI over seeds)",
+    "robustness.png": "Unseen against seen accuracy per run (colour: NMI, marker: supervision)",
+}
+
+
+def _report_metrics(runs: pd.DataFrame, metrics: Sequence[str] | None) -> list[str]:
+    """The metrics to tabulate: given ones present in ``runs``, else every eval/ column with a value."""
+    if metrics is None:
+        metrics = [c for c in runs.columns if str(c).startswith("eval/")]
+    chosen = [m for m in metrics if _has_values(runs, m)]
+    if not chosen:
+        raise ValueError(f"no metric to report: none of {list(metrics)} is a column with a value")
+    return chosen
+
+
+def _main_metrics(metrics: Sequence[str], primary: str) -> list[str]:
+    """Metrics whose per-cell tables go into report.md (all of ``metrics`` if none is a main one)."""
+    main = [primary, _seen_counterpart(primary), UNSEEN_OBJECT, _seen_counterpart(UNSEEN_OBJECT), CZSL_AUC]
+    chosen = [m for m in _unique(main) if m in metrics]
+    return chosen or list(metrics)
+
+
+def _sweep_summary(runs: pd.DataFrame, axes: Sequence[str]) -> str:
+    """"12 runs; axes: nmi (0.09, 0.78), seed (3 values) ...; not in the data: diversity"."""
+    parts = []
+    for axis in _present_axes(runs, axes):
+        values = sorted(runs[axis].dropna().unique().tolist(), key=str if not is_numeric_dtype(runs[axis]) else None)
+        shown = ", ".join(_fmt_value(v) for v in values) if len(values) <= 8 else f"{len(values)} values"
+        parts.append(f"{axis} ({shown})")
+    text = f"{len(runs)} runs; axes: " + ("; ".join(parts) if parts else "none")
+    missing = [a for a in axes if a not in runs.columns]
+    if missing:
+        text += "; not in the data: " + ", ".join(missing)
+    return f"_{text}._"
+
+
+def _headlines_md(effects: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[str], primary: str) -> list[str]:
+    """Markdown lines: one bullet per effect of the headline metrics, grouped by axis."""
+    cell_axes = _cell_axes(runs, axes)
+    metrics = _unique([primary, UNSEEN_OBJECT])
+    chosen = effects[effects["metric"].isin(metrics)].to_dict("records")
+    if not chosen:
+        return ["_No effect could be estimated: no numeric axis has two or more values with data._"]
+    # Reading order: per metric, CLIP before its supervised twin (the stable sort keeps the rest).
+    supervision_rank = {"language": 0, "labels": 1}
+    chosen.sort(key=lambda e: (metrics.index(e["metric"]), supervision_rank.get(e.get(SUPERVISION_AXIS), 2)))
+    lines = []
+    for x in _unique(e["x"] for e in chosen):
+        lines += ["", f"### {_axis_label(x)}", ""]
+        lines += [f"- {headline(e, cell_axes)}" for e in chosen if e["x"] == x]
+    return lines
+
+
+def _effects_md(effects: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[str]) -> str:
+    """The effects table for report.md: metric, axis (with unit), fixed axes, slope, CI, n, range, change."""
+    if not len(effects):
+        return "_No effects: no numeric axis has two or more values with data._"
+    cell_axes = _cell_axes(runs, axes)
+    rows = []
+    for e in effects.to_dict("records"):
+        d = _decimals(e["slope"])
+        ci = "n/a" if _missing(e["ci_low"]) else f"{_fmt_effect(e['ci_low'], d)} to {_fmt_effect(e['ci_high'], d)}"
+        unit = "per doubling" if e["transform"] == "log2" else "per unit"
+        rows.append({"metric": metric_label(e["metric"]), "axis": f"{_axis_label(e['x'])} ({unit})",
+                     **{a: ("swept" if a == e["x"] else e[a]) for a in cell_axes},
+                     "slope": _fmt_effect(e["slope"], d), "95% CI": ci, "n": e["n"],
+                     "range": f"{_fmt_value(e['x_min'])} – {_fmt_value(e['x_max'])}",
+                     "change over range": _fmt_effect(e["change"], _decimals(e["change"]))})
+    return _markdown_table(pd.DataFrame(rows))
+
+
+def _gaps_md(gaps: pd.DataFrame) -> str:
+    """The supervision-gap table for report.md, or a note why there is none."""
+    if not len(gaps):
+        return "_Not computed: no object metric has both language- and label-supervised runs to pair._"
+    shown = gaps.drop(columns=["mean_diff", "ci", "mean ± ci", "n"]).assign(
+        metric=[metric_label(m) for m in gaps["metric"]],
+        **{"gap (language − labels)": [_plus_minus(m, c, n) for m, c, n in zip(gaps["mean_diff"], gaps["ci"], gaps["n"])]})
+    return _markdown_table(shown)
+
+
+def _cells_md(table: pd.DataFrame) -> str:
+    """A per-cell table for report.md: the cell axes and "mean ± ci (n)"."""
+    if not len(table):
+        return "_No cell has a value._"
+    shown = table.drop(columns=list(CELL_COLUMNS)).assign(
+        **{"mean ± ci (n)": [_plus_minus(m, c, n) for m, c, n in zip(table["mean"], table["ci"], table["n"])]})
+    return _markdown_table(shown)
+
+
+def _report_md(title: str, runs: pd.DataFrame, axes: Sequence[str], primary: str, effects: pd.DataFrame,
+               gaps: pd.DataFrame, tables: dict[str, pd.DataFrame], plots: dict[str, Path]) -> str:
+    """The whole report.md text."""
+    lines = [f"# {title}", "", _sweep_summary(runs, axes), "", "## How to read", "", HOW_TO_READ, "",
+             "## Headlines", *_headlines_md(effects, runs, axes, primary), "", "## Plots", ""]
+    lines += [f"![{PLOT_CAPTIONS.get(name, name)}]({name})\n" for name in plots]
+    lines += ["## Effects", "", _effects_md(effects, runs, axes), "",
+              "## Supervision gap (language − labels, paired by seed)", "", _gaps_md(gaps), "",
+              "## Per-cell tables"]
+    for metric in _main_metrics(list(tables), primary):
+        lines += ["", f"### {metric_label(metric)} (`{metric}`)", "", _cells_md(tables[metric])]
+    return "\n".join(lines) + "\n"
+
+
+def _write_text(path: Path, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically (tables and report hold "±")."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    return path
+
+
+def _json_records(frame: pd.DataFrame) -> list[dict]:
+    """``frame`` as JSON-safe records: numpy scalars to Python, NaN to None."""
+    return [{str(k): (None if _missing(v) else _scalar(v)) for k, v in row.items()}
+            for row in frame.to_dict("records")]
+
+
+def _table_name(metric: str) -> str:
+    """File name of a metric's per-cell table: "eval/unseen/pair_top1" -> "eval_unseen_pair_top1.csv"."""
+    return metric.replace("/", "_") + ".csv"
+
+
+def write_report(runs: pd.DataFrame, out_dir: str | os.PathLike, axes: Sequence[str], title: str,
+                 metrics: Sequence[str] | None = None, primary: str = PRIMARY_METRIC) -> dict[str, Path]:
+    """Write the sweep's tables, effects, supervision gap, plots and report.md into ``out_dir``.
+
+    Files: tables/<metric with / as _>.csv per metric, effects.csv, effects.json,
+    supervision_gap.csv, acc_vs_nmi.png and acc_vs_size.png (only when that axis has more than
+    one value), robustness.png and report.md.  Returns {path relative to out_dir: Path}.
+    ``metrics`` defaults to every ``eval/`` column with a value.  Raises ValueError for an empty
+    frame or when no metric has a value.
+
+        >>> paths = write_report(runs, "reports/nmi", ["nmi", "size", "seed", "supervision"], "NMI sweep")
+        >>> paths["report.md"], paths["tables/eval_unseen_pair_top1.csv"]
+    """
+    _check_runs(runs)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = _report_metrics(runs, metrics)
+    written: dict[str, Path] = {}
+
+    tables = {m: cell_table(runs, axes, m) for m in metrics}
+    for metric, table in tables.items():
+        name = f"tables/{_table_name(metric)}"
+        written[name] = _write_text(out_dir / name, table.to_csv(index=False))
+
+    effects = _effects(runs, axes, _effect_metrics(runs, primary))
+    written["effects.csv"] = _write_text(out_dir / "effects.csv", effects.to_csv(index=False))
+    written["effects.json"] = _write_text(out_dir / "effects.json",
+                                          json.dumps(_json_records(effects), indent=2) + "\n")
+    gaps = _gaps(runs, axes, _gap_metrics(runs))
+    written["supervision_gap.csv"] = _write_text(out_dir / "supervision_gap.csv", gaps.to_csv(index=False))
+
+    plots = _write_plots(runs, out_dir, axes, primary)
+    written.update(plots)
+    report = _report_md(title, runs, axes, primary, effects, gaps, tables, plots)
+    written["report.md"] = _write_text(out_dir / "report.md", report)
+    return written

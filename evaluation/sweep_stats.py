@@ -1,0 +1,252 @@
+"""Ablation-sweep statistics: per-cell means with t-intervals, effect slopes and the supervision gap.
+
+A sweep is a grid of training runs (e.g. NMI x dataset size x seed x supervision).  The input is a
+pandas DataFrame with one row per finished run: the axis columns (``seed`` is the replicate axis;
+``supervision`` is ``"language"`` for CLIP or ``"labels"`` for the supervised twin) plus metric
+columns named like the MLflow keys (``eval/unseen/pair_top1`` ...).  Reading MLflow happens elsewhere.
+
+* a *cell* is the set of runs that agree on every axis except ``seed``; its mean comes with a
+  t-interval over seeds (``mean_ci``, ``cell_table``);
+* an *effect* is the OLS slope of a metric on one numeric axis (``size`` in log2, i.e. per
+  doubling), fitted to the individual runs (seeds pooled) with the other axes held fixed; its
+  t-interval has n - 2 degrees of freedom and treats runs as independent (``slopes``);
+* the *supervision gap* is language minus labels accuracy, paired by seed within a cell
+  (``supervision_gap``).
+
+Usage::
+
+    from evaluation.sweep_stats import cell_table, slopes, supervision_gap
+    axes = ["nmi", "size", "seed", "supervision"]
+    cell_table(runs, axes, "eval/unseen/pair_top1")           # one row per cell: mean, ci, n, "mean ± ci"
+    slopes(runs, axes, "eval/unseen/pair_top1", x="nmi")      # one row per (size, supervision)
+    supervision_gap(runs, axes, "eval/unseen/object_top1")    # one row per (nmi, size)
+
+Plain pandas / numpy / scipy.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+__all__ = ["NUMERIC_AXES", "cell_table", "mean_ci", "slopes", "supervision_gap"]
+
+NUMERIC_AXES = {"nmi": "linear", "size": "log2", "diversity": "linear"}  # x-transform for slopes
+REPLICATE_AXIS = "seed"
+SUPERVISION_AXIS = "supervision"
+CONFIDENCE = 0.95
+
+CELL_COLUMNS = ("mean", "ci", "n", "mean ± ci")
+SLOPE_COLUMNS = ("x", "slope", "se", "ci_low", "ci_high", "n", "x_range")
+GAP_COLUMNS = ("language_mean", "labels_mean", "mean_diff", "ci", "n", "mean ± ci")
+
+
+# ----------------------------------------------------------------------------------------------
+# Statistics
+# ----------------------------------------------------------------------------------------------
+
+
+def mean_ci(values, confidence: float = CONFIDENCE) -> tuple[float, float, int]:
+    """(mean, half-width of the two-sided t-interval, n) of ``values``, NaNs dropped.
+
+    With n < 2 the half-width is NaN (no spread to estimate); with n == 0 the mean is NaN too.
+
+        >>> mean_ci([0.1, 0.2, 0.3])          # (0.2, 0.248..., 3)
+    """
+    arr = np.asarray(values, dtype=np.float64).ravel()
+    arr = arr[~np.isnan(arr)]
+    n = int(arr.size)
+    if n == 0:
+        return math.nan, math.nan, 0
+    mean = float(arr.mean())
+    if n < 2:
+        return mean, math.nan, n
+    sem = float(arr.std(ddof=1)) / math.sqrt(n)
+    return mean, float(stats.t.ppf((1.0 + confidence) / 2.0, n - 1)) * sem, n
+
+
+def cell_table(runs: pd.DataFrame, axes: Sequence[str], metric: str) -> pd.DataFrame:
+    """Per-cell summary of ``metric``: the axes except ``seed``, then mean, ci, n and "mean ± ci".
+
+    Axes missing from ``runs`` are ignored; cells without a value (e.g. a pair metric of
+    label-supervised runs) are left out.
+
+        >>> cell_table(runs, ["nmi", "size", "seed", "supervision"], "eval/unseen/pair_top1")
+    """
+    _check_runs(runs)
+    _check_metric(runs, metric)
+    keys = _cell_axes(runs, axes)
+    rows = []
+    for cell, sub in _groups(runs, keys):
+        mean, ci, n = mean_ci(sub[metric])
+        if n:
+            rows.append({**cell, "mean": mean, "ci": ci, "n": n, "mean ± ci": _plus_minus(mean, ci)})
+    return pd.DataFrame(rows, columns=[*keys, *CELL_COLUMNS])
+
+
+def slopes(runs: pd.DataFrame, axes: Sequence[str], metric: str, x: str,
+           confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """OLS slope of ``metric`` on ``x`` (transformed per ``NUMERIC_AXES``) for each fixed setting.
+
+    One row per combination of the other non-seed axes that has >= 2 distinct ``x`` values with
+    data; seeds are pooled as separate points.  Columns: the fixed axes, then ``x`` (the axis
+    name), slope, se, ci_low, ci_high (t-interval, n - 2 df; NaN when n <= 2), n and x_range
+    ((min, max) in the axis' own units).  ``size`` is log2-transformed, so its slope is the
+    change per doubling.
+
+        >>> slopes(runs, ["nmi", "size", "seed", "supervision"], "eval/unseen/pair_top1", x="nmi")
+    """
+    _check_runs(runs)
+    _check_metric(runs, metric)
+    if x not in runs.columns:
+        raise ValueError(f"axis {x!r} is not a column of the runs frame (columns: {list(runs.columns)})")
+    kind = NUMERIC_AXES.get(x, "linear")
+    fixed = [a for a in _cell_axes(runs, axes) if a != x]
+    rows = []
+    for cell, sub in _groups(runs, fixed):
+        sub = sub[sub[metric].notna() & sub[x].notna()]
+        if sub[x].nunique() >= 2:
+            rows.append({**cell, "x": x, **_fit_row(sub[x], sub[metric], kind, confidence)})
+    return pd.DataFrame(rows, columns=[*fixed, *SLOPE_COLUMNS])
+
+
+def supervision_gap(runs: pd.DataFrame, axes: Sequence[str], metric: str,
+                    confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """Language minus labels ``metric`` per cell, paired by seed: mean diff, ci and n (pairs).
+
+    A pair is a language run and a labels run with the same other-axis values and seed (repeated
+    runs of one setting are averaged first).  Columns: the cell axes (without supervision), then
+    language_mean, labels_mean (over the paired runs), mean_diff, ci, n, "mean ± ci".  Empty
+    when the frame has no supervision column or no pair.
+
+        >>> supervision_gap(runs, ["nmi", "size", "seed", "supervision"], "eval/unseen/object_top1")
+    """
+    _check_runs(runs)
+    _check_metric(runs, metric)
+    keys = [a for a in _cell_axes(runs, axes) if a != SUPERVISION_AXIS]
+    columns = [*keys, *GAP_COLUMNS]
+    if SUPERVISION_AXIS not in runs.columns:
+        return pd.DataFrame(columns=columns)
+    paired = _paired_twins(runs, keys, metric)
+    rows = []
+    for cell, sub in _groups(paired, keys):
+        mean, ci, n = mean_ci(sub["language"] - sub["labels"], confidence)
+        rows.append({**cell, "language_mean": float(sub["language"].mean()),
+                     "labels_mean": float(sub["labels"].mean()), "mean_diff": mean, "ci": ci, "n": n,
+                     "mean ± ci": _plus_minus(mean, ci)})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _fit_row(x: pd.Series, y: pd.Series, kind: str, confidence: float) -> dict:
+    """Slope statistics of y on transform(x): slope, se, ci_low, ci_high, n, x_range."""
+    t = _transform(x.to_numpy(dtype=np.float64), kind)
+    slope, se = _ols(t, y.to_numpy(dtype=np.float64))
+    n = int(t.size)
+    half = float(stats.t.ppf((1.0 + confidence) / 2.0, n - 2)) * se if n > 2 else math.nan
+    return {"slope": slope, "se": se, "ci_low": slope - half, "ci_high": slope + half, "n": n,
+            "x_range": (_scalar(x.min()), _scalar(x.max()))}
+
+
+def _ols(t: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(slope, standard error) of the least-squares line y = a + b t; se is NaN with n <= 2."""
+    tc = t - t.mean()
+    sxx = float(tc @ tc)
+    slope = float(tc @ (y - y.mean())) / sxx
+    if t.size <= 2:
+        return slope, math.nan  # a line through two points leaves no residual degrees of freedom
+    resid = y - y.mean() - slope * tc
+    return slope, math.sqrt(float(resid @ resid) / (t.size - 2) / sxx)
+
+
+def _transform(values, kind: str) -> np.ndarray:
+    """``values`` on the slope's x scale: unchanged ("linear") or log2 ("log2", positive only)."""
+    x = np.asarray(values, dtype=np.float64)
+    if kind == "linear":
+        return x
+    if kind == "log2":
+        if (x <= 0).any():
+            raise ValueError(f"a log2 axis needs positive values, got {x[x <= 0].tolist()}")
+        return np.log2(x)
+    raise ValueError(f"unknown axis transform {kind!r} (expected 'linear' or 'log2')")
+
+
+def _paired_twins(runs: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
+    """One row per (keys, seed) with both twins: the key columns plus "language" and "labels"."""
+    pair_keys = [*keys, REPLICATE_AXIS] if REPLICATE_AXIS in runs.columns else list(keys)
+    # A constant column keeps groupby/merge working when there is nothing else to pair on.
+    frame = runs[runs[metric].notna()].assign(_pair=0)
+    pair_keys.append("_pair")
+    sides = [_twin_side(frame, side, pair_keys, metric) for side in ("language", "labels")]
+    return sides[0].merge(sides[1], on=pair_keys, how="inner")
+
+
+def _twin_side(frame: pd.DataFrame, supervision: str, keys: list[str], metric: str) -> pd.DataFrame:
+    """Mean ``metric`` of the ``supervision`` runs per ``keys``, in a column named ``supervision``."""
+    side = frame[frame[SUPERVISION_AXIS] == supervision]
+    return side.groupby(keys, dropna=False)[metric].mean().rename(supervision).reset_index()
+
+
+# ----------------------------------------------------------------------------------------------
+# Frame helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_runs(runs: pd.DataFrame) -> None:
+    """Raise ValueError for a missing or empty runs frame (nothing to report on)."""
+    if runs is None or len(runs) == 0:
+        raise ValueError("the sweep has no runs: the runs DataFrame is empty")
+
+
+def _check_metric(runs: pd.DataFrame, metric: str) -> None:
+    """Raise ValueError when ``metric`` is not a column, listing the metric columns there are."""
+    if metric not in runs.columns:
+        known = [c for c in runs.columns if str(c).startswith("eval/")]
+        raise ValueError(f"metric {metric!r} is not a column of the runs frame (eval metrics: {known})")
+
+
+def _present_axes(runs: pd.DataFrame, axes: Sequence[str]) -> list[str]:
+    """The ``axes`` that are columns of ``runs``, in order (an axis may be absent from a sweep)."""
+    return [a for a in axes if a in runs.columns]
+
+
+def _cell_axes(runs: pd.DataFrame, axes: Sequence[str]) -> list[str]:
+    """The present axes that define a cell: all but the replicate axis."""
+    return [a for a in _present_axes(runs, axes) if a != REPLICATE_AXIS]
+
+
+def _groups(frame: pd.DataFrame, keys: Sequence[str]) -> Iterator[tuple[dict, pd.DataFrame]]:
+    """Yield ({key: value}, sub-frame) per distinct combination of ``keys`` (NaN is a value)."""
+    if not keys:
+        yield {}, frame
+        return
+    for values, sub in frame.groupby(list(keys), dropna=False, sort=True):
+        values = values if isinstance(values, tuple) else (values,)
+        yield {k: _scalar(v) for k, v in zip(keys, values)}, sub
+
+
+def _scalar(value):
+    """A plain Python value for a numpy scalar (so tables, JSON and f-strings behave)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+# ----------------------------------------------------------------------------------------------
+# Formatting
+# ----------------------------------------------------------------------------------------------
+
+
+def _plus_minus(mean: float, ci: float, n: int | None = None) -> str:
+    """"0.412 ± 0.021" ("± n/a" without a CI), with " (n)" appended when ``n`` is given."""
+    text = f"{mean:.3f} ± " + ("n/a" if _missing(ci) else f"{ci:.3f}")
+    return text if n is None else f"{text} ({n})"
+
+
+def _missing(value) -> bool:
+    """True for None and float NaN (pandas' NA too)."""
+    try:
+        return value is None or bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False

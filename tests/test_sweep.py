@@ -1,0 +1,155 @@
+"""`aotrain sweep` / `aotrain report`: a tiny grid through the real CLI, MLflow store and fits.
+
+The tiny recipe (recipes/sweeps/tiny.yaml) is two CLIP cells (NMI 0.1 and 0.5) of four steps on the
+smoke world; each fit is a child process, as for users.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from aotrain.sweeps.grid import expand
+from conftest import REPO, run_cli
+
+AXES = {"nmi": "subset.nmi", "size": "subset.size", "seed": "seed", "supervision": "supervision"}
+CELLS = ["nmi0.1-size300-seed0-language", "nmi0.5-size300-seed0-language"]
+
+
+def state(root: Path, name: str = "tiny") -> dict:
+    return json.loads((root / "sweeps" / name / "sweep.json").read_text())
+
+
+def children(root: Path, name: str = "tiny") -> list:
+    """The sweep's live (not deleted) child runs."""
+    data = state(root, name)
+    client = MlflowClient(tracking_uri=data["tracking_uri"])
+    return client.search_runs([data["experiment_id"]],
+                              filter_string=f"tags.mlflow.parentRunId = '{data['parent_run_id']}'")
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    proc = run_cli("sweep", "recipe=tiny", root=root)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return root, proc
+
+
+def test_grid_expands_every_combination_with_twins_after_their_clip_cell():
+    cells = expand({"nmi": [0.1, 0.5], "seed": [0, 1], "supervision": ["labels", "language"]}, AXES)
+    assert len(cells) == 8 and len({c.id for c in cells}) == 8
+    ids = [c.id for c in cells]
+    for cell in cells:
+        if cell.knobs["supervision"] == "labels":
+            assert cell.twin == cell.id.replace("labels", "language")
+            assert ids.index(cell.twin) < ids.index(cell.id)
+        else:
+            assert cell.twin is None
+    assert cells[0].overrides == ["subset.nmi=0.1", "seed=0", "supervision=language"]
+
+
+def test_sweep_makes_a_parent_with_one_child_per_cell_and_a_report(tiny_sweep):
+    root, proc = tiny_sweep
+    runs = children(root)
+    assert sorted(r.info.run_name for r in runs) == CELLS
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert run.data.params["sweep.size"] == "300" and run.data.params["sweep.seed"] == "0"
+        assert run.data.params["sweep.nmi"] in ("0.1", "0.5")
+        assert "eval/unseen/pair_top1" in run.data.metrics
+        artifacts = {a.path for a in MlflowClient(state(root)["tracking_uri"]).list_artifacts(run.info.run_id)}
+        assert "manifest.json" in artifacts  # the cell's subset: NMI, size, uid checksum
+    client = MlflowClient(state(root)["tracking_uri"])
+    parent = client.get_run(state(root)["parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["aotrain.kind"] == "sweep"
+
+    report = root / "sweeps" / "tiny" / "report"
+    text = (report / "report.md").read_text()
+    assert "![" in text and "acc_vs_nmi.png" in text
+    assert "| unseen-pair top-1 |" in text or "unseen-pair top-1" in text
+    assert (report / "acc_vs_nmi.png").stat().st_size > 5000
+    table = (report / "tables" / "eval_unseen_pair_top1.csv").read_text().splitlines()
+    assert len(table) == 3  # header + one row per cell
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {"report/report.md",
+                                                                                     "report/acc_vs_nmi.png"}
+    assert f"report        {report / 'report.md'}" in proc.stdout
+
+
+def test_rerunning_a_finished_sweep_skips_every_cell(tiny_sweep):
+    root, _ = tiny_sweep
+    before = {r.info.run_id for r in children(root)}
+    proc = run_cli("sweep", "recipe=tiny", "report.after_sweep=false", root=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 of 2 cells already finished" in proc.stderr
+    assert {r.info.run_id for r in children(root)} == before
+
+
+def test_report_command_finds_the_sweep_by_parent_run_id(tiny_sweep, tmp_path):
+    root, _ = tiny_sweep
+    data = state(root)
+    proc = run_cli("report", f"sweep={data['parent_run_id']}", f"tracking_uri={data['tracking_uri']}",
+                   f"out={tmp_path / 'r'}", root=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "r" / "report.md").is_file() and (tmp_path / "r" / "effects.csv").is_file()
+
+
+def test_a_sweep_killed_part_way_completes_only_the_missing_cell(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "AOTRAIN_RUN_ID")}
+    env["AOTRAIN_OUTPUT"] = str(tmp_path)
+    # A new session, so the kill takes the sweep and the fit it is running, as a pre-emption would.
+    sweep = subprocess.Popen([sys.executable, "-m", "aotrain.cli", "sweep", "recipe=tiny", "report.after_sweep=false"],
+                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    first = tmp_path / "runs" / f"tiny-{CELLS[0]}" / "summary.json"
+    deadline = time.time() + 300
+    while not first.exists() and sweep.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    os.killpg(sweep.pid, signal.SIGKILL)
+    sweep.wait()
+    assert first.exists()
+    assert not (tmp_path / "runs" / f"tiny-{CELLS[1]}" / "summary.json").exists()
+    first_child = state(tmp_path)["children"][CELLS[0]]
+
+    proc = run_cli("sweep", "recipe=tiny", "report.after_sweep=false", root=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1 of 2 cells already finished" in proc.stderr
+    assert f"done   {CELLS[1]}" in proc.stderr and f"done   {CELLS[0]}" not in proc.stderr
+    runs = children(tmp_path)
+    assert sorted(r.info.run_name for r in runs) == CELLS  # no duplicate child for the restarted cell
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert state(tmp_path)["children"][CELLS[0]] == first_child
+
+
+def test_submitit_launcher_runs_a_supervised_twin_after_its_clip_cell(tmp_path):
+    proc = run_cli("sweep", "recipe=tiny", "name=twins", "grid.nmi=[0.1]", "grid.supervision=[language,labels]",
+                   "launcher.kind=submitit", "launcher.submitit.launcher=submitit_local",
+                   "launcher.submitit.params={timeout_min: 10}", "report.after_sweep=false", root=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = {r.info.run_name: r for r in children(tmp_path, "twins")}
+    assert set(runs) == {"nmi0.1-size300-seed0-language", "nmi0.1-size300-seed0-labels"}
+    assert runs["nmi0.1-size300-seed0-labels"].data.params["supervision"] == "labels"
+    log = (tmp_path / "sweeps" / "twins" / "logs" / "nmi0.1-size300-seed0-labels.log").read_text()
+    assert "parity: a twin of" in log  # checked against the CLIP cell's run before training
+    assert (tmp_path / "sweeps" / "twins" / "submitit" / "wave1").is_dir()  # a second wave, after the CLIP one
+
+
+@pytest.mark.parametrize("args, message", [
+    (["grid.nmi=[]"], "grid.nmi is empty"),
+    (["grid.nmi=[0.1,0.1]"], "repeats a value"),
+    (["grid.nmi=[0.999]"], "cell nmi0.999-size300-seed0-language: subset:"),
+    (["launcher.kind=submitit", "launcher.submitit.params={partitionn: gpu}"], "partitionn not a key"),
+    (["launcher.kind=cloud"], "choose local or submitit"),
+])
+def test_bad_sweeps_fail_before_any_fit_with_one_line(tmp_path, args, message):
+    proc = run_cli("sweep", "recipe=tiny", *args, root=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()

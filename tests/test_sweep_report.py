@@ -1,0 +1,154 @@
+"""Sweep report: t-intervals, effect slopes, the paired supervision gap and the written report."""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from scipy import stats
+
+from evaluation.sweep_report import write_report
+from evaluation.sweep_stats import cell_table, mean_ci, slopes, supervision_gap
+
+AXES = ["nmi", "size", "seed", "supervision"]
+NMIS = (0.09, 0.4, 0.78)
+SIZES = (1600, 12800)
+NMI_SLOPE = -0.3  # per unit NMI
+SIZE_SLOPE = 0.04  # per doubling of size
+
+
+def make_grid(nmis=NMIS, sizes=SIZES, seeds=(0, 1, 2), supervisions=("language", "labels"),
+              noise=0.005, rng_seed=0) -> pd.DataFrame:
+    """A synthetic sweep: accuracy falls with NMI, rises per doubling of size; labels runs lack pair metrics."""
+    rng = np.random.default_rng(rng_seed)
+    rows = []
+    for nmi, size, seed, supervision in itertools.product(nmis, sizes, seeds, supervisions):
+        unseen = 0.5 + NMI_SLOPE * nmi + SIZE_SLOPE * math.log2(size / sizes[0]) + rng.normal(0, noise)
+        row = {"nmi": nmi, "size": size, "seed": seed, "supervision": supervision,
+               "eval/unseen/object_top1": unseen + 0.1, "eval/seen/object_top1": unseen + 0.25,
+               "eval/unseen/pair_top1": math.nan, "eval/seen/pair_top1": math.nan, "eval/czsl/auc": math.nan}
+        if supervision == "language":
+            row.update({"eval/unseen/pair_top1": unseen, "eval/seen/pair_top1": unseen + 0.2,
+                        "eval/czsl/auc": unseen / 4})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_mean_ci_matches_scipy_t_interval():
+    values = [0.1, 0.2, 0.4, 0.3]
+    for confidence in (0.95, 0.9):
+        mean, half, n = mean_ci(values, confidence)
+        expected = stats.t.ppf((1 + confidence) / 2, 3) * np.std(values, ddof=1) / math.sqrt(4)
+        assert (mean, n) == (pytest.approx(0.25), 4)
+        assert half == pytest.approx(expected)
+    mean, half, n = mean_ci([0.3, math.nan])  # NaNs are dropped; one value has no interval
+    assert (mean, n) == (pytest.approx(0.3), 1) and math.isnan(half)
+    assert mean_ci([])[2] == 0
+
+
+def test_cell_table_groups_over_seeds_and_skips_missing_cells():
+    runs = make_grid()
+    table = cell_table(runs, AXES, "eval/unseen/pair_top1")
+    assert list(table.columns) == ["nmi", "size", "supervision", "mean", "ci", "n", "mean ± ci"]
+    assert len(table) == len(NMIS) * len(SIZES)  # the labels cells have no pair metric
+    assert (table["n"] == 3).all() and (table["supervision"] == "language").all()
+    assert table["mean ± ci"].str.fullmatch(r"0\.\d{3} ± 0\.\d{3}").all()
+
+
+def test_slopes_recover_known_nmi_slope():
+    runs = make_grid(supervisions=("language",), noise=0.01)
+    table = slopes(runs, AXES, "eval/unseen/pair_top1", x="nmi")
+    assert len(table) == len(SIZES)
+    for row in table.to_dict("records"):
+        assert row["ci_low"] <= NMI_SLOPE <= row["ci_high"]
+        assert row["ci_high"] < 0  # the CI excludes zero
+        assert row["n"] == 9 and row["x_range"] == (0.09, 0.78)
+
+
+def test_slopes_on_size_are_per_doubling():
+    runs = make_grid(nmis=(0.4,), sizes=(1000, 2000, 4000, 8000), supervisions=("language",), noise=0.005)
+    (row,) = slopes(runs, AXES, "eval/unseen/pair_top1", x="size").to_dict("records")
+    assert row["slope"] == pytest.approx(SIZE_SLOPE, abs=0.01)
+    assert row["ci_low"] <= SIZE_SLOPE <= row["ci_high"]
+    assert row["x_range"] == (1000, 8000)
+
+
+def test_supervision_gap_is_paired_by_seed():
+    rng = np.random.default_rng(1)
+    seed_effect = rng.normal(0, 0.1, size=6)  # large and shared by both twins of a seed
+    gap = 0.02
+    rows = []
+    for seed, effect in enumerate(seed_effect):
+        labels = 0.5 + effect
+        rows.append({"nmi": 0.4, "seed": seed, "supervision": "labels", "eval/unseen/object_top1": labels})
+        rows.append({"nmi": 0.4, "seed": seed, "supervision": "language",
+                     "eval/unseen/object_top1": labels + gap + rng.normal(0, 0.001)})
+    rows.append({"nmi": 0.4, "seed": 99, "supervision": "language", "eval/unseen/object_top1": 0.9})  # no twin
+    runs = pd.DataFrame(rows)
+    (row,) = supervision_gap(runs, ["nmi", "size", "seed", "supervision"], "eval/unseen/object_top1").to_dict("records")
+    assert row["n"] == 6  # the twinless seed is not paired
+    assert row["mean_diff"] - row["ci"] <= gap <= row["mean_diff"] + row["ci"]
+    unpaired_half = mean_ci(seed_effect)[1]  # the spread an unpaired comparison would carry
+    assert row["ci"] < 0.01 < unpaired_half
+
+
+def test_write_report_writes_tables_plots_and_headlines(tmp_path):
+    runs = make_grid()
+    paths = write_report(runs, tmp_path / "report", AXES + ["diversity"], title="Synthetic sweep")
+    out = tmp_path / "report"
+    expected = {"report.md", "effects.csv", "effects.json", "supervision_gap.csv", "acc_vs_nmi.png",
+                "acc_vs_size.png", "robustness.png", "tables/eval_unseen_pair_top1.csv",
+                "tables/eval_seen_object_top1.csv", "tables/eval_czsl_auc.csv"}
+    assert expected <= set(paths)
+    assert all(path.is_file() and path.parent.is_relative_to(out) for path in paths.values())
+    for name in ("acc_vs_nmi.png", "acc_vs_size.png", "robustness.png"):
+        assert paths[name].stat().st_size > 10_000
+        with Image.open(paths[name]) as image:
+            assert min(image.size) > 200
+
+    effects = pd.read_csv(paths["effects.csv"])
+    assert len(json.loads(paths["effects.json"].read_text())) == len(effects)
+    nmi_pair = effects[(effects["x"] == "nmi") & (effects["metric"] == "eval/unseen/pair_top1")]
+    assert len(nmi_pair) == len(SIZES) and (nmi_pair["slope"] < 0).all()
+    gaps = pd.read_csv(paths["supervision_gap.csv"])
+    assert set(gaps["metric"]) == {"eval/unseen/object_top1", "eval/seen/object_top1"}
+
+    report = paths["report.md"].read_text(encoding="utf-8")
+    for name in ("acc_vs_nmi.png", "acc_vs_size.png", "robustness.png"):
+        assert f"]({name})" in report
+    assert "At size 1,600 (CLIP, language supervision), unseen-pair top-1 changes by -0." in report
+    assert "lowering NMI from 0.78 to 0.09 raises it by about 0.2" in report  # 0.3 * 0.69
+    assert "growing size from 1,600 to 12,800 (3 doublings) raises it by about 0.1" in report  # 0.04 * 3
+    assert "not in the data: diversity" in report
+
+
+def test_write_report_with_one_seed_per_cell(tmp_path):
+    paths = write_report(make_grid(seeds=(0,)), tmp_path, AXES, title="One seed")
+    report = paths["report.md"].read_text(encoding="utf-8")
+    assert "± n/a (1)" in report
+    assert "unseen-pair top-1 changes by" in report  # 3 NMI values still give a slope
+
+
+def test_single_size_grid_skips_size_plot(tmp_path):
+    paths = write_report(make_grid(sizes=(1600,)), tmp_path, AXES, title="One size")
+    assert "acc_vs_size.png" not in paths and not (tmp_path / "acc_vs_size.png").exists()
+    assert (tmp_path / "acc_vs_nmi.png").is_file() and (tmp_path / "robustness.png").is_file()
+    assert "(acc_vs_size.png)" not in paths["report.md"].read_text(encoding="utf-8")
+
+
+def test_single_value_axes_still_write_robustness(tmp_path):
+    runs = make_grid(nmis=(0.4,), sizes=(1600,), supervisions=("language",))
+    paths = write_report(runs, tmp_path, AXES, title="One cell")
+    assert {"robustness.png", "report.md"} <= set(paths)
+    assert "acc_vs_nmi.png" not in paths and "No effect could be estimated" in paths["report.md"].read_text()
+
+
+def test_empty_frame_raises(tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        write_report(make_grid().iloc[:0], tmp_path, AXES, title="Nothing")
+    with pytest.raises(ValueError, match="empty"):
+        cell_table(pd.DataFrame(), AXES, "eval/unseen/pair_top1")
