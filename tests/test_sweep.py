@@ -135,7 +135,7 @@ def test_submitit_launcher_runs_a_supervised_twin_after_its_clip_cell(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = {r.info.run_name: r for r in children(tmp_path, "twins")}
     assert set(runs) == {"nmi0.1-size300-seed0-language", "nmi0.1-size300-seed0-labels"}
-    assert runs["nmi0.1-size300-seed0-labels"].data.params["supervision"] == "labels"
+    assert runs["nmi0.1-size300-seed0-labels"].data.params["supervision"] == "supervised"  # module.kind
     log = (tmp_path / "sweeps" / "twins" / "logs" / "nmi0.1-size300-seed0-labels.log").read_text()
     assert "parity: a twin of" in log  # checked against the CLIP cell's run before training
     assert (tmp_path / "sweeps" / "twins" / "submitit" / "wave1").is_dir()  # a second wave, after the CLIP one

@@ -3,9 +3,9 @@
     aotrain report sweep=toy_replication                 # <paths.root>/sweeps/toy_replication/report
     aotrain report sweep=3f2a...c1 tracking_uri=http://127.0.0.1:5000 out=report/
 
-The statistics, plots and Markdown are evaluation/sweep_{stats,plots,report}.py's; this file only reads MLflow (one row per
-finished child run: its `sweep.<axis>` params and its final metrics) and logs the report back to the
-parent run as artifacts under report/.
+The statistics, plots and Markdown are evaluation/sweep_{stats,plots,report}.py's; this file only
+reads MLflow (one row per finished child run: its `sweep.<axis>` params and its final metrics) and
+logs the report back to the parent run as artifacts under report/.
 """
 from __future__ import annotations
 
@@ -41,7 +41,9 @@ def collect_runs(client, parent_run_id: str):
         if run.info.status != "FINISHED":
             continue
         row = {k.removeprefix("sweep."): _value(v) for k, v in run.data.params.items() if k.startswith("sweep.")}
-        row.update({k: v for k, v in run.data.metrics.items() if k.startswith("eval/")})
+        # Chance levels are properties of the benchmark, not outcomes: they stay out of the tables.
+        row.update({k: v for k, v in run.data.metrics.items()
+                    if k.startswith("eval/") and not k.startswith("eval/chance/")})
         row["run_id"] = run.info.run_id
         rows.append(row)
     return pd.DataFrame(rows)

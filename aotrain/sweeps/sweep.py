@@ -222,8 +222,11 @@ def run_sweep(cfg) -> dict:
     if cfg.report.after_sweep and result["done"]:
         from aotrain.sweeps.collect import report_sweep
 
-        result["report"] = str(report_sweep(logger["tracking_uri"], parent, sweep_dir / "report",
-                                            primary=cfg.report.primary))
+        try:
+            result["report"] = str(report_sweep(logger["tracking_uri"], parent, sweep_dir / "report",
+                                                primary=cfg.report.primary))
+        except (UserError, ValueError) as e:  # the fits stand; the report can be made again later
+            _say(f"no report: {e} (aotrain report sweep={cfg.name} makes it again)")
     return result
 
 
