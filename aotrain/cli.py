@@ -46,6 +46,8 @@ FILTER_COMMANDS = {
     "reshard": ("data_filters.select_cli", "reshard_main", "webdataset shards holding exactly a subset's uids"),
     "contamination": ("data_filters.contamination", "contamination_main",
                       "benchmark pairs that occur in a caption pool; the pool without them"),
+    "table-shards": ("data_filters.table_shards", "table_shards_main",
+                     "webdataset shards from a caption table with image paths (HF datasets, parquet, CSV)"),
 }
 
 # What `aotrain fit` runs when no recipe is named: the embedded default.
@@ -91,7 +93,8 @@ def command_help(command: str) -> str:
         "fit": "usage: aotrain fit [--print-config] [recipe=NAME] [KEY=VALUE ...]\n\n"
                "Train a CLIP from scratch, evaluate it zero-shot and log the run to MLflow.",
         "world": "usage: aotrain world [recipe=NAME] [KEY=VALUE ...]\n\n"
-                 "Generate the recipe's toy world (pool shards + ImageNet-AO folders) if missing.",
+                 "Generate the recipe's toy world (pool shards + ImageNet-AO folders) if missing; for a\n"
+                 "real-data recipe, run its pool stages (stats, select, reshard) without training.",
     }[command]
     return "\n".join([intro, "", *recipes_and_options()])
 
@@ -177,7 +180,8 @@ def run(command: str, args: list[str]) -> int:
         from aotrain.train import prepare
 
         prepare(cfg)
-        print(cfg.world_dir if cfg.get("world") is not None else "this config has no toy world (~world)")
+        # Without a toy world this ran the pool's stages (stats, select, reshard): say what training reads.
+        print(cfg.world_dir if cfg.get("world") is not None else f"training shards: {cfg.train_pool}")
         return 0
     from aotrain.train import fit, format_summary
 

@@ -27,8 +27,9 @@ if not OmegaConf.has_resolver("abspath"):
 
 
 def group_options(group: str) -> list[str]:
-    """The choices of a config group, e.g. group_options("recipe") -> ["toy_high_nmi", "toy_low_nmi"]."""
-    return sorted(p.stem for p in (RECIPES_DIR / group).glob("*.yaml"))
+    """The choices of a config group, e.g. group_options("recipe") -> ["toy_high_nmi", "toy_low_nmi"]
+    (files starting with "_" are pieces other choices include, not choices)."""
+    return sorted(p.stem for p in (RECIPES_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def groups() -> list[str]:

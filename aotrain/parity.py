@@ -25,7 +25,7 @@ from pathlib import Path
 
 from aotrain import towers
 from aotrain.config import to_dict
-from data_filters.vocab import load_vocabulary
+from data_filters.vocab import vocabulary_checksum
 
 RECORD = "parity.json"
 ITEMS = ("vision_tower", "vision_parameters", "image_transforms", "data", "global_batch", "max_steps",
@@ -41,18 +41,9 @@ def _data_checksum(pool: str, subset: dict | None) -> str:
     return hashlib.sha256(listing.encode()).hexdigest()
 
 
-def _vocabulary_checksum(spec: str | None) -> str | None:
-    """The labelling vocabulary by content (its canonical names and surface forms), not by path."""
-    if not spec:
-        return None
-    vocab = load_vocabulary(spec)
-    content = [sorted(vocab.attribute_forms.items()), sorted(vocab.object_forms.items())]
-    return hashlib.sha256(json.dumps(content).encode()).hexdigest()[:16]
-
-
-def parity_record(cfg, world: dict | None, vision_parameters: int) -> dict:
-    """The parity items of a prepared (resolved) config; `world` as `train.prepare` returns it and the
-    built module's image-tower parameter count."""
+def parity_record(cfg, subset: dict | None, vision_parameters: int) -> dict:
+    """The parity items of a prepared (resolved) config; `subset` (its manifest) as `train.prepare`
+    returns it and the built module's image-tower parameter count."""
     model = towers.model_config(cfg.model.name)
     train_tf, eval_tf = towers.image_transforms(cfg.model.name)
     trainer = cfg.trainer
@@ -61,11 +52,11 @@ def parity_record(cfg, world: dict | None, vision_parameters: int) -> dict:
         "vision_parameters": vision_parameters,
         "image_transforms": {"train": repr(train_tf), "eval": repr(eval_tf)},
         "data": {
-            "checksum": _data_checksum(cfg.data.pool, (world or {}).get("subset")),
+            "checksum": _data_checksum(cfg.data.pool, subset),
             "seed": cfg.data.seed,
             "shuffle_buffer": cfg.data.shuffle_buffer,
             "require_label": cfg.data.require_label,
-            "vocabulary": _vocabulary_checksum(cfg.data.vocabulary),
+            "vocabulary": vocabulary_checksum(cfg.data.vocabulary),
         },
         "global_batch": cfg.data.batch_size * _int(trainer.get("devices", 1)) * _int(trainer.get("num_nodes", 1))
         * _int(trainer.get("accumulate_grad_batches", 1)),

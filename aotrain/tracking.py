@@ -34,7 +34,7 @@ def make_logger(cfg, run_name: str, run_id: str | None = None) -> MLFlowLogger:
     )
 
 
-def curated_params(cfg, world: dict | None, datamodule, module) -> dict:
+def curated_params(cfg, world: dict | None, subset: dict | None, datamodule, module) -> dict:
     """The flat set of params every run records: what a comparison across runs filters on."""
     params = {
         "recipe": cfg.name,
@@ -67,7 +67,6 @@ def curated_params(cfg, world: dict | None, datamodule, module) -> dict:
             "data_distinct_pairs": nmi["distinct_pairs"],
             "data_held_out_pairs": len(world["held_out_pairs"]),
         })
-    subset = (world or {}).get("subset")
     if subset is not None:  # the training data is the selected subset: its numbers win
         params.update({
             "data_nmi": round(subset["nmi"], 6),
@@ -76,6 +75,12 @@ def curated_params(cfg, world: dict | None, datamodule, module) -> dict:
             "data_distinct_pairs": subset["distinct_pairs"],
             "subset_size": subset["size"],
             "subset_uid_checksum": subset["uid_checksum"],
+        })
+    if subset is not None and "pool" in subset:  # where it was selected from
+        params.update({
+            "subset_source_pool": subset["pool"],
+            "subset_source_pool_nmi": round(subset["pool_nmi"], 6),
+            "subset_source_labelled": subset["pool_labelled"],
         })
     return params
 

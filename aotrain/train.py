@@ -22,7 +22,7 @@ from aotrain.callbacks.evaluation import BenchmarkEvaluation
 from aotrain.callbacks.fault import fault_callbacks
 from aotrain.config import UserError, instantiate, resolve, to_dict
 from aotrain.parity import RECORD, differences, flat_params, load_record, parity_record
-from aotrain.subset import prepare_subset
+from aotrain.subset import pool_shards, prepare_subset
 from aotrain.toyworld import generate_world, load_world
 from aotrain.resume import find_resume
 from aotrain.tracking import curated_params, log_artifacts, make_logger, read_run_pointer, write_run_pointer
@@ -36,8 +36,13 @@ def _launch_id() -> str:
     return run_id
 
 
-def prepare(cfg) -> dict | None:
-    """Fill in run_id and world_dir (generating the toy world when missing), then resolve everything."""
+def prepare(cfg) -> tuple[dict | None, dict | None]:
+    """Fill in run_id, world_dir (generating the toy world when missing) and the training shards
+    (selecting the subset when subset.nmi is set), then resolve everything. Every user mistake here
+    (a missing pool or benchmark, an unreachable NMI) stops the run before training.
+
+    Returns (the toy world's facts or None, the subset's manifest or None).
+    """
     cfg.run_id = cfg.run_id or _launch_id()
     world = None
     if cfg.get("world") is not None:
@@ -50,31 +55,36 @@ def prepare(cfg) -> dict | None:
             raise UserError(f"world: {e}") from None
         cfg.world_dir = str(world_path)
         world = load_world(world_path)
-        cfg.train_pool = str(world_path / "pool")
-        if cfg.subset.nmi is not None:
-            cfg.train_pool, world["subset"] = _select(world_path, cfg)
+        pool, vocabulary, cache = world_path / "pool", f"world:{world_path}", world_path
     else:
-        if cfg.subset.nmi is not None:
-            raise UserError(f"recipe {cfg.name} selects a subset of the toy world, which ~world removed; "
-                            "for real data use recipe=null ~world data.pool=... eval=imagenet_ao")
         _require_real_paths(cfg)
+        pool, vocabulary, cache = Path(cfg.data.pool), cfg.data.vocabulary or "builtin", Path(cfg.paths.cache)
+        _check_pool(pool)
+    _check_benchmarks(cfg)  # before the selection, which can take minutes on a real pool
+    subset = None
+    if cfg.subset.nmi is not None:
+        pool, subset = _select(pool, vocabulary, cache, cfg)
+    cfg.train_pool = str(pool)
+    cfg.data.pool = cfg.train_pool
     resolve(cfg)
-    return world
+    return world, subset
 
 
-def _select(world_path: Path, cfg) -> tuple[str, dict]:
+def _select(pool: Path, vocabulary: str, cache: Path, cfg) -> tuple[Path, dict]:
     spec = {k: cfg.subset[k] for k in ("size", "nmi", "seed", "tol")}
     if spec["size"] is None:
         raise UserError("subset.nmi is set but subset.size is not: set subset.size=N")
     try:
-        shards, manifest = prepare_subset(world_path, spec, cfg.world.pool.samples_per_shard)
-    except ValueError as e:  # InfeasibleTarget names the feasible range
+        return prepare_subset(pool, vocabulary, spec, cache, cfg.subset.samples_per_shard)
+    except (ValueError, FileNotFoundError) as e:  # InfeasibleTarget names the feasible range
         raise UserError(f"subset: {e}") from None
-    return str(shards), manifest
 
 
 def _require_real_paths(cfg) -> None:
-    """Without a toy world, paths that default to the world's folders must be given."""
+    """Without a toy world the pool and the benchmark must be given, and not point into a world."""
+    if OmegaConf.is_missing(cfg.data, "pool"):
+        raise UserError(f"recipe {cfg.name} trains on your caption pool: set data.pool=/path/to/pool "
+                        "(img2dataset or DataComp output: .tar shards with .parquet metadata)")
     needed = {"data.pool": "set data.pool=/path/to/shards",
               "eval.benchmarks": "use eval=imagenet_ao eval.benchmarks.imagenet_ao=/path/to/ImageNet-AO"}
     for key, advice in needed.items():
@@ -82,6 +92,23 @@ def _require_real_paths(cfg) -> None:
         unresolved = OmegaConf.to_container(cfg[group], resolve=False)[field]
         if "${world_dir}" in str(unresolved) or "${train_pool}" in str(unresolved):
             raise UserError(f"no toy world (~world) but {key} points into it: {advice}")
+
+
+def _check_pool(pool: Path) -> None:
+    try:
+        pool_shards(pool)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(f"data.pool: {e}") from None
+
+
+def _check_benchmarks(cfg) -> None:
+    """Every evaluation folder exists (the toy world's were just written)."""
+    for name in cfg.eval.benchmarks:
+        if OmegaConf.is_missing(cfg.eval.benchmarks, name):
+            raise UserError(f"set eval.benchmarks.{name}=/path/to/ImageNet-AO (the evaluation folders)")
+        path = Path(str(cfg.eval.benchmarks[name]))
+        if not path.is_dir():
+            raise UserError(f"eval.benchmarks.{name}: no folder {path} (ImageNet-AO-style <attribute object>/ folders)")
 
 
 def check_twin(parity: dict, twin: str) -> None:
@@ -137,13 +164,13 @@ def _resume(cfg) -> tuple[Path | None, dict | None]:
 def fit(cfg) -> dict:
     """Train and evaluate one config; returns (and writes to <run_dir>/summary.json) where things are."""
     ckpt, pointer = _resume(cfg)
-    world = prepare(cfg)
+    world, subset = prepare(cfg)
     run_dir = Path(cfg.paths.run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.module)
     try:
-        parity = parity_record(cfg, world, module.vision_parameter_count())
+        parity = parity_record(cfg, subset, module.vision_parameter_count())
     except ValueError as e:  # a vocabulary that does not load
         raise UserError(str(e)) from None
     if cfg.parity.twin:
@@ -164,7 +191,7 @@ def fit(cfg) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, run_dir / "config.yaml")
         (run_dir / RECORD).write_text(json.dumps(parity, indent=1) + "\n")
-        logger.log_hyperparams({**curated_params(cfg, world, datamodule, module), **flat_params(parity)})
+        logger.log_hyperparams({**curated_params(cfg, world, subset, datamodule, module), **flat_params(parity)})
         write_run_pointer(run_dir, cfg.logger.tracking_uri, logger)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
     if not trainer.is_global_zero:

@@ -8,6 +8,8 @@ uid: `uid_column` if given; otherwise a "uid" column/json field when present, el
 "<file name>:<row>" (tables) or the sample key (shards; uid_column="__key__" forces the key).
 caption: `caption_column` (tables, default "caption"); shards use the .txt member, falling back
 to that json field. Null, empty or undecodable captions are counted in `.malformed`, not yielded.
+A table with a "status" column (img2dataset's metadata: one row per URL) yields only its "success"
+rows; the rest are counted in `.not_downloaded`.
 """
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ class CaptionStream:
         self.files = expand_paths(path_or_paths)
         self.uid_column, self.caption_column = uid_column, caption_column
         self.malformed = 0
+        self.not_downloaded = 0
         self.rows = 0
 
     def __iter__(self):
@@ -79,7 +82,7 @@ class CaptionStream:
         return value
 
     # ------------------------------------------------------------ tables
-    def _batches(self, path: Path, fmt: str):
+    def table_batches(self, path: Path, fmt: str):
         """(column names, iterator of record batches) for one table file."""
         if fmt == "parquet":
             pf = pq.ParquetFile(path)
@@ -115,7 +118,7 @@ class CaptionStream:
 
     def _table(self, path: Path, fmt: str):
         try:
-            names, batches = self._batches(path, fmt)
+            names, batches = self.table_batches(path, fmt)
         except (pa.ArrowInvalid, OSError) as e:
             raise ValueError(f"{path}: cannot read as {fmt}: {e}") from None
         cap = self.caption_column
@@ -124,11 +127,20 @@ class CaptionStream:
             if col is not None and col not in names:
                 raise ValueError(f"{path}: no column {col!r}; available columns: {', '.join(names)}")
         cols = [cap] if uid is None or uid == cap else [cap, uid]
+        # img2dataset writes a row per URL with its download "status"; only "success" rows have an
+        # image in the shards, so the others are not samples (counted in `.not_downloaded`).
+        status = "status" if "status" in names else None
+        if status:
+            cols.append(status)
         row = 0
         for batch in batches(cols):
             captions = batch.column(0).to_pylist()
             uids = batch.column(cols.index(uid)).to_pylist() if uid else range(row, row + len(captions))
-            for u, c in zip(uids, captions):
+            ok = batch.column(cols.index(status)).to_pylist() if status else [True] * len(captions)
+            for u, c, fetched in zip(uids, captions, ok):
+                if fetched is not True and fetched != "success":
+                    self.not_downloaded += 1
+                    continue
                 c = self._clean(c)
                 if c is None:
                     continue
@@ -141,7 +153,7 @@ class CaptionStream:
     # ------------------------------------------------------------ webdataset shards
     def _shard(self, path: Path):
         first = True
-        for key, members in _tar_samples(path):
+        for key, members in tar_samples(path):
             meta = {}
             if "json" in members:
                 try:
@@ -167,7 +179,7 @@ class CaptionStream:
             yield str(uid), caption
 
 
-def _tar_samples(path: Path):
+def tar_samples(path: Path):
     """(key, {extension: bytes}) per webdataset sample; members of one sample are consecutive."""
     key, members = None, {}
     try:

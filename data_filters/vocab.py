@@ -14,6 +14,7 @@ Sources (see load_vocabulary):
 from __future__ import annotations
 
 import ast
+import hashlib
 import importlib.util
 import json
 import os
@@ -289,3 +290,13 @@ def load_vocabulary(spec: str) -> Vocabulary:
     if Path(spec).suffix.lower() in (".yaml", ".yml", ".txt"):
         return Vocabulary.from_file(spec)
     raise ValueError(f"unknown vocabulary {spec!r}: use builtin, benchmark:DIR, world:PATH or a .yaml/.txt file")
+
+
+def vocabulary_checksum(spec: str | None) -> str | None:
+    """A vocabulary by content (canonical names and surface forms), not by path: equal for two specs
+    that label captions alike. None for no vocabulary."""
+    if not spec:
+        return None
+    vocab = load_vocabulary(spec)
+    content = [sorted(vocab.attribute_forms.items()), sorted(vocab.object_forms.items())]
+    return hashlib.sha256(json.dumps(content).encode()).hexdigest()[:16]

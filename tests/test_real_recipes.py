@@ -1,0 +1,142 @@
+"""Real-data recipes (`aotrain fit recipe=low_nmi_cc12m data.pool=...`) on a pool in img2dataset's layout.
+
+The pool is made from the smoke world's images with web-style captions (tests/img2dataset_pool.py);
+the recipes run as written, with overrides for a tiny model, one CPU process and two steps.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import run_cli
+from data_filters.label import label_captions, load_labels
+from data_filters.select import feasible_nmi_range, pair_counts
+from img2dataset_pool import write_pool
+
+SIZE = 250
+
+
+@pytest.fixture(scope="module")
+def world(smoke_fit) -> Path:
+    return next((smoke_fit[0] / "toyworld").glob("toyworld-*"))
+
+
+@pytest.fixture(scope="module")
+def pool(world, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cc12m_like")
+    write_pool(world, out, samples_per_shard=250)
+    return out
+
+
+@pytest.fixture(scope="module")
+def target(pool, world, tmp_path_factory) -> float:
+    """An NMI target in the middle of what the pool can reach at SIZE (the test's own labelling)."""
+    labels = tmp_path_factory.mktemp("labels") / "labels.parquet"
+    label_captions(sorted(pool.glob("*.parquet")), f"world:{world}", labels, uid_column="key")
+    uids, a, o, attributes, objects = load_labels(labels)
+    low, high = feasible_nmi_range(pair_counts(a, o, len(attributes), len(objects)), SIZE)
+    return round((low + high) / 2, 3)
+
+
+def _tiny(world: Path) -> list[str]:
+    return ["model=toy_vit_micro", "trainer=cpu", "trainer.max_steps=2", "trainer.enable_progress_bar=false",
+            "data.batch_size=16", "data.num_workers=0", "optim.warmup_steps=1", "subset.samples_per_shard=100",
+            f"data.vocabulary=world:{world}", f"eval.vocabulary=world:{world}", "eval.templates=simple",
+            "eval.num_workers=0", "eval.every_n_steps=0"]
+
+
+def _fit(root: Path, world: Path, pool: Path, *extra: str):
+    return run_cli("fit", "recipe=low_nmi_cc12m", f"data.pool={pool}",
+                   f"eval.benchmarks.imagenet_ao={world}/imagenet_ao/unseen", *_tiny(world), *extra, root=root)
+
+
+@pytest.fixture(scope="module")
+def first_run(world, pool, target, tmp_path_factory):
+    root = tmp_path_factory.mktemp("real")
+    proc = _fit(root, world, pool, f"subset.size={SIZE}", f"subset.nmi={target}")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return root, proc
+
+
+def test_recipe_runs_stats_select_reshard_then_fit_and_logs_the_subset(first_run, target):
+    root, proc = first_run
+    err = proc.stderr
+    order = [err.index("stats: labelling"), err.index("select: selecting"), err.index("reshard: writing"),
+             err.index("`Trainer.fit` stopped")]
+    assert order == sorted(order)
+    assert "not_downloaded" not in err  # failed downloads are skipped quietly, not an error
+    summary = json.loads(next((root / "runs").glob("low_nmi_cc12m-*/summary.json")).read_text())
+    client = MlflowClient(tracking_uri=summary["tracking_uri"])
+    run = client.get_run(summary["run_id"])
+    params = run.data.params
+    assert params["subset_size"] == str(SIZE) and params["data_nmi_target"] == str(target)
+    assert abs(float(params["data_nmi"]) - target) <= 0.005
+    assert len(params["subset_uid_checksum"]) >= 12 and params["model"] == "toy-vit-micro"
+    manifest = json.loads(Path(client.download_artifacts(run.info.run_id, "manifest.json")).read_text())
+    assert manifest["size"] == SIZE and manifest["uid_checksum"] == params["subset_uid_checksum"]
+    assert 0.0 <= run.data.metrics["eval/imagenet_ao/pair_top1"] <= 1.0
+    # the subset's shards hold exactly the selected samples, keyed as img2dataset keyed them
+    sizes = json.loads((Path(params["data_pool"]) / "sizes.json").read_text())
+    assert sum(sizes.values()) == SIZE
+
+
+def test_a_second_run_reuses_every_cached_stage(first_run, world, pool, target):
+    root, _ = first_run
+    proc = _fit(root, world, pool, f"subset.size={SIZE}", f"subset.nmi={target}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "stats: reusing" in proc.stderr and "select: reusing the cached subset" in proc.stderr
+    assert "reshard: reusing" in proc.stderr and "labelling" not in proc.stderr
+
+
+def test_a_changed_target_recomputes_only_the_selection(first_run, world, pool, target):
+    root, _ = first_run
+    proc = _fit(root, world, pool, f"subset.size={SIZE}", f"subset.nmi={target + 0.01:.3f}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "stats: reusing" in proc.stderr and "select: selecting" in proc.stderr
+
+
+def _no_training(root: Path, proc) -> None:
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Trainer.fit" not in proc.stderr
+    assert not list(root.glob("runs/*/checkpoints"))
+
+
+def test_missing_pool_key_names_it(world, tmp_path):
+    proc = run_cli("fit", "recipe=low_nmi_cc12m", f"eval.benchmarks.imagenet_ao={world}/imagenet_ao/unseen",
+                   *_tiny(world), root=tmp_path)
+    _no_training(tmp_path, proc)
+    assert "set data.pool=" in proc.stderr
+
+
+def test_wrong_pool_path_is_an_error_before_training(world, tmp_path):
+    proc = _fit(tmp_path, world, tmp_path / "no-such-pool")
+    _no_training(tmp_path, proc)
+    assert "data.pool: pool not found" in proc.stderr
+
+
+def test_pool_without_parseable_captions_is_an_error_before_training(world, tmp_path):
+    unparseable = tmp_path / "pool"
+    write_pool(world, unparseable, samples_per_shard=300, captions=lambda rng, a, o: "Untitled photo")
+    proc = _fit(tmp_path, world, unparseable)
+    _no_training(tmp_path, proc)
+    assert "no caption with exactly one attribute-object pair" in proc.stderr
+
+
+def test_missing_benchmark_folder_is_an_error_before_selection(world, pool, tmp_path):
+    proc = run_cli("fit", "recipe=low_nmi_cc12m", f"data.pool={pool}",
+                   f"eval.benchmarks.imagenet_ao={tmp_path}/ImageNet-AO", *_tiny(world), root=tmp_path)
+    _no_training(tmp_path, proc)
+    assert "eval.benchmarks.imagenet_ao: no folder" in proc.stderr and "stats:" not in proc.stderr
+
+
+def test_datacomp_style_pool_with_uids(world, target, tmp_path):
+    """DataComp's download writes a uid column and json field: the stages join on it."""
+    pool = tmp_path / "datacomp"
+    write_pool(world, pool, samples_per_shard=250, uid=True)
+    proc = _fit(tmp_path, world, pool, f"subset.size={SIZE}", f"subset.nmi={target}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stats = json.loads(next((tmp_path / "cache").glob("labels-*/stats.json")).read_text())
+    assert stats["uid_field"] == "uid"
