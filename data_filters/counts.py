@@ -7,6 +7,13 @@ contain exactly one distinct (attribute, object) pair is *labelled* and adds 1 t
 table that the NMI is computed from. Captions with several distinct pairs are ambiguous: they
 count in n_multi_pair and their pairs go to `all_pairs` (every distinct pair per caption, all
 captions), but not into the joint table.
+
+stats() adds the pair measures of data_filters.diversity (distinct pairs, coverage, effective
+pairs). Caption diversity: count_captions(caption_diversity=True) also keeps the labelled captions
+and their templates (pair words masked) in two DistinctCounters, and stats() reports distinct
+captions and templates (None when not counted). Masking costs about a third of the counting
+throughput, so the library leaves it off by default (benchmarks/parse_throughput.py times counting
+alone); `aotrain filter stats` turns it on unless --no-caption-diversity.
 """
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from .diversity import DistinctCounter, TemplateMasker, pair_diversity
 from .nmi import joint_stats
 from .parse import CaptionParser
 
@@ -24,11 +32,15 @@ from .parse import CaptionParser
 class PairCounts:
     """Streaming counts; `attributes`/`objects` (optional) fix the row/column order of table()."""
 
-    def __init__(self, attributes: list[str] | None = None, objects: list[str] | None = None):
+    def __init__(self, attributes: list[str] | None = None, objects: list[str] | None = None,
+                 caption_diversity: bool = False):
         self.attributes, self.objects = list(attributes or []), list(objects or [])
         self.n_captions = self.n_with_pair = self.n_multi_pair = self.n_malformed = 0
         self.joint: Counter = Counter()  # (attribute, object) -> labelled captions
         self.all_pairs: Counter = Counter()  # (attribute, object) -> captions containing it
+        # labelled captions and their templates (count_captions fills them); None: not counted
+        self.captions = DistinctCounter() if caption_diversity else None
+        self.templates = DistinctCounter() if caption_diversity else None
 
     def add(self, pairs: list[tuple[str, str]]) -> None:
         """Count one caption from its parsed pairs."""
@@ -49,6 +61,11 @@ class PairCounts:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.joint.update(other.joint)
         self.all_pairs.update(other.all_pairs)
+        if self.captions is not None and other.captions is not None:
+            self.captions.merge(other.captions)
+            self.templates.merge(other.templates)
+        else:  # one side did not count them, so the sum cannot say either
+            self.captions = self.templates = None
         self.attributes = self.attributes or other.attributes
         self.objects = self.objects or other.objects
         return self
@@ -95,8 +112,17 @@ class PairCounts:
             diversity = {"mean": None, "min": None, "max": None, "per_object": {}}
         out.update(js)
         out["attributes_per_object"] = diversity
+        out["diversity"] = pair_diversity(counts)
+        out["caption_diversity"] = self.caption_diversity()
         out["n_attributes_seen"], out["n_objects_seen"] = len(attrs), len(objs)
         return out
+
+    def caption_diversity(self) -> dict | None:
+        """Distinct labelled captions and templates (exact False: estimated); None when not counted."""
+        if self.captions is None:
+            return None
+        return {"distinct_captions": self.captions.count(), "distinct_templates": self.templates.count(),
+                "exact": self.captions.exact and self.templates.exact}
 
     # ------------------------------------------------------------ serialisation
     def to_json(self) -> str:
@@ -106,6 +132,8 @@ class PairCounts:
             "n_captions": self.n_captions, "n_with_pair": self.n_with_pair,
             "n_multi_pair": self.n_multi_pair, "n_malformed": self.n_malformed,
             "joint": pairs(self.joint), "all_pairs": pairs(self.all_pairs),
+            "captions": self.captions and self.captions.state(),
+            "templates": self.templates and self.templates.state(),
         })
 
     @classmethod
@@ -116,27 +144,37 @@ class PairCounts:
             setattr(pc, name, d[name])
         pc.joint = Counter({(a, o): n for a, o, n in d["joint"]})
         pc.all_pairs = Counter({(a, o): n for a, o, n in d["all_pairs"]})
+        if d.get("captions") is not None:  # absent from counts written before caption diversity
+            pc.captions = DistinctCounter.from_state(d["captions"])
+            pc.templates = DistinctCounter.from_state(d["templates"])
         return pc
 
     def __eq__(self, other) -> bool:
         return isinstance(other, PairCounts) and self.to_json() == other.to_json()
 
 
-def count_captions(captions: Iterable, parser: CaptionParser) -> PairCounts:
+def count_captions(captions: Iterable, parser: CaptionParser, caption_diversity: bool = False) -> PairCounts:
     """Count an iterable of captions or (uid, caption) tuples; adds `.malformed` of a CaptionStream."""
-    counts = PairCounts(parser.vocab.attributes, parser.vocab.objects)
+    counts = PairCounts(parser.vocab.attributes, parser.vocab.objects, caption_diversity)
     parse, joint, all_pairs = parser.pairs, counts.joint, counts.all_pairs
+    if caption_diversity:
+        add_caption, add_template = counts.captions.add, counts.templates.add
+        template = TemplateMasker(parser.vocab).template
     n = with_pair = multi = 0
     # Same policy as PairCounts.add, inlined with local variables: this loop runs per caption.
     for item in captions:
         n += 1
-        pairs = parse(item[1] if item.__class__ is tuple else item)
+        text = item[1] if item.__class__ is tuple else item
+        pairs = parse(text)
         if pairs:
             with_pair += 1
             first = pairs[0]
             if len(pairs) == 1 or all(p == first for p in pairs):
                 joint[first] = joint.get(first, 0) + 1
                 all_pairs[first] = all_pairs.get(first, 0) + 1
+                if caption_diversity:
+                    add_caption(text)
+                    add_template(template(text, *first))
             else:
                 multi += 1
                 for p in set(pairs):
@@ -156,32 +194,33 @@ def _init_worker(vocab_spec: str, window: int) -> None:
 
 
 def _count_file(job) -> PairCounts:
-    path, source_kwargs = job
+    path, source_kwargs, caption_diversity = job
     from .sources import iter_captions
-    return count_captions(iter_captions(path, **source_kwargs), _WORKER["parser"])
+    return count_captions(iter_captions(path, **source_kwargs), _WORKER["parser"], caption_diversity)
 
 
-def count_files(paths, vocab_spec: str, workers: int = 2, window: int = 2, **source_kwargs) -> PairCounts:
+def count_files(paths, vocab_spec: str, workers: int = 2, window: int = 2, caption_diversity: bool = False,
+                **source_kwargs) -> PairCounts:
     """Count every caption in `paths` (files/dirs), one file per task over `workers` forked processes.
 
     source_kwargs go to sources.iter_captions (uid_column, caption_column). Missing paths raise
-    FileNotFoundError here, before any process starts.
+    FileNotFoundError here, before any process starts. caption_diversity: see count_captions.
     """
     from .sources import expand_paths
     from .vocab import load_vocabulary
     files = expand_paths(paths)
-    jobs = [(f, source_kwargs) for f in files]
+    jobs = [(f, source_kwargs, caption_diversity) for f in files]
     workers = max(1, min(workers, len(files)))
     can_fork = "fork" in multiprocessing.get_all_start_methods()
     if workers == 1 or not can_fork:
         _init_worker(vocab_spec, window)
         parts = map(_count_file, jobs)
-        total = PairCounts(_WORKER["parser"].vocab.attributes, _WORKER["parser"].vocab.objects)
+        total = PairCounts(_WORKER["parser"].vocab.attributes, _WORKER["parser"].vocab.objects, caption_diversity)
         for part in parts:
             total.merge(part)
         return total
     vocab = load_vocabulary(vocab_spec)  # fails fast on a bad spec, in the parent
-    total = PairCounts(vocab.attributes, vocab.objects)
+    total = PairCounts(vocab.attributes, vocab.objects, caption_diversity)
     # fork: children inherit the imports; data_filters never loads torch, so forking is safe.
     with multiprocessing.get_context("fork").Pool(workers, _init_worker, (vocab_spec, window)) as pool:
         for part in pool.imap(_count_file, jobs):

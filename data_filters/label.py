@@ -1,6 +1,6 @@
 """`aotrain filter label`: one row per labelled caption (uid, attribute, object): the pool `select` reads.
 
-This module writes that file (label_captions) and reads it back (load_labels).
+This module writes that file (label_captions) and reads it back (load_labels, load_caption_keys).
 
     aotrain filter label pool/ --vocab world:outputs/toyworld/toyworld-abc --out labels.parquet
     aotrain filter select labels.parquet --size 20000 --nmi 0.1 0.3 0.5 --out subsets
@@ -8,6 +8,11 @@ This module writes that file (label_captions) and reads it back (load_labels).
 A caption is labelled when the parser finds exactly one distinct pair in it (CaptionParser.label);
 captions with no pair or several pairs are counted and left out. The parquet file is written to a
 temporary name and renamed at the end, so a failed run leaves nothing.
+
+Two int64 columns carry caption diversity to `select` without storing the captions:
+caption_hash (key of the caption text) and template_hash (key of its template, the pair's words
+masked); see data_filters.diversity. Labels files written before them lack the two columns:
+load_labels reads them as before and load_caption_keys returns None.
 """
 from __future__ import annotations
 
@@ -19,13 +24,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .diversity import TemplateMasker, caption_key
 from .files import atomic_path
 from .parse import CaptionParser
 from .sources import add_caption_arguments, iter_captions
 from .vocab import load_vocabulary
 
 PROG = "aotrain filter label"
-SCHEMA = pa.schema([("uid", pa.string()), ("attribute", pa.string()), ("object", pa.string())])
+SCHEMA = pa.schema([("uid", pa.string()), ("attribute", pa.string()), ("object", pa.string()),
+                    ("caption_hash", pa.int64()), ("template_hash", pa.int64())])
+KEY_COLUMNS = ("caption_hash", "template_hash")
 BATCH = 65536
 
 
@@ -33,9 +41,10 @@ def label_captions(sources, vocab_spec: str, out: Path, window: int = 2, uid_col
                    caption_column: str = "caption") -> dict:
     """Stream captions, write labels to `out` (parquet); returns counts of what was read and kept."""
     parser = CaptionParser(load_vocabulary(vocab_spec), window)
+    template = TemplateMasker(parser.vocab).template
     stream = iter_captions(sources, uid_column=uid_column, caption_column=caption_column)
     n = labelled = 0
-    rows: dict[str, list] = {"uid": [], "attribute": [], "object": []}
+    rows: dict[str, list] = {name: [] for name in SCHEMA.names}
     with atomic_path(out, ".tmp") as tmp:
         with pq.ParquetWriter(tmp, SCHEMA) as writer:
             for uid, caption in stream:
@@ -47,6 +56,8 @@ def label_captions(sources, vocab_spec: str, out: Path, window: int = 2, uid_col
                 rows["uid"].append(str(uid))
                 rows["attribute"].append(pair[0])
                 rows["object"].append(pair[1])
+                rows["caption_hash"].append(caption_key(caption))
+                rows["template_hash"].append(caption_key(template(caption, *pair)))
                 if len(rows["uid"]) == BATCH:
                     writer.write_table(pa.table(rows, schema=SCHEMA))
                     rows = {k: [] for k in rows}
@@ -81,6 +92,17 @@ def load_labels(path):
     attributes, attr_idx = np.unique(np.asarray(cols["attribute"], dtype=str), return_inverse=True)
     objects, obj_idx = np.unique(np.asarray(cols["object"], dtype=str), return_inverse=True)
     return uids, attr_idx, obj_idx, attributes.tolist(), objects.tolist()
+
+
+def load_caption_keys(path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(caption_hash, template_hash) int64 arrays in load_labels' row order, or None when the file lacks them."""
+    names = pq.read_schema(path).names
+    if not all(c in names for c in KEY_COLUMNS):
+        return None  # a labels file from before the key columns: no caption diversity, nothing wrong
+    table = pq.read_table(path, columns=list(KEY_COLUMNS))
+    if any(table.column(c).null_count for c in KEY_COLUMNS):
+        return None
+    return tuple(table.column(c).to_numpy().astype(np.int64) for c in KEY_COLUMNS)
 
 
 def label_main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,20 @@ With fixed_marginals=False the high end is the better of the fixed-margin table 
 matching (each attribute with one object, largest pool pairs first), so the subset margins may drift
 with t and differ between targets. Outputs of write_subset: subset.npy (sorted uids), subset.parquet
 (uid/attribute/object), manifest.json; written to a temporary folder, then renamed.
+
+Distinct pairs (distinct_pairs=K, `--pairs K`): exactly K pairs, same marginals r, c.
+    subs = select_many(..., size=2000, nmi_targets=[0.4], distinct_pairs=60)   # or nmi_targets=None
+a. Kept pairs: the first K of a seeded, count-weighted order that is feasible at every prefix from
+   K_min to K_max (data_filters/kept_pairs.py), so pair sets are nested in K for one size and seed.
+b. One sample is fixed on every kept pair (lower bound 1) and the capacity is 0 elsewhere; steps
+   3-5 then run inside the kept pairs: the low end is the maximum-entropy table of the remainder
+   (max_entropy_dual: Newton on the dual, as capped IPF crawls when many capacities bind), the LPs
+   have a variable per kept pair only. With no NMI target the subset is the low end.
+c. Targets outside the band raise InfeasibleTarget naming the NMI band at (size, K) and which pair
+   counts reach the target; K outside [K_min, K_max], above the pool's pairs or above the size raise
+   it with that range. The pool-wide path (no distinct_pairs) is unchanged, byte for byte.
+Every manifest.json has "diversity" (data_filters.diversity): the pair measures, and distinct
+captions and templates when caption_keys (label.load_caption_keys) are given.
 """
 from __future__ import annotations
 
@@ -44,8 +58,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy import sparse
 from scipy.optimize import linprog
+from scipy.sparse.linalg import spsolve
 
+from data_filters.diversity import caption_diversity, pair_diversity
 from data_filters.files import publish_dir, temp_dir_for
+from data_filters.kept_pairs import PairOrder, pair_order, transport_on_cells
 from data_filters.nmi import joint_stats
 
 
@@ -92,8 +109,14 @@ def _capacity(counts: np.ndarray, allow_repeats: bool) -> np.ndarray:
     return np.where(counts > 0, np.inf, 0.0) if allow_repeats else counts.astype(np.float64)
 
 
-def _transport_lp(cost, r, c, lower, upper):
-    """Integer table with row sums r, column sums c, lower <= T <= upper minimising sum(cost * T); None if none."""
+def _transport_lp(cost, r, c, lower, upper, support=None):
+    """Integer table with row sums r, column sums c, lower <= T <= upper minimising sum(cost * T); None if none.
+
+    support (bool [A, O], optional): the only cells that may be non-zero; the LP then has a variable
+    per support cell instead of per grid cell (kept pairs: hundreds instead of A * O).
+    """
+    if support is not None:
+        return _support_lp(cost, r, c, lower, upper, support)
     n_a, n_o = len(r), len(c)
     # sparse row- and column-sum constraints on the flattened table (vocabularies can be large)
     rows = sparse.kron(sparse.identity(n_a), np.ones((1, n_o)))
@@ -111,14 +134,28 @@ def _transport_lp(cost, r, c, lower, upper):
     return table
 
 
-def _round_table(real, r, c, cap):
-    """Integer table near `real` with exact margins r, c and under `cap`."""
+def _support_lp(cost, r, c, lower, upper, support):
+    cells = np.flatnonzero(support.ravel())
+    if (np.asarray(lower).ravel()[np.flatnonzero(~support.ravel())] > 0).any():
+        return None  # a lower bound outside the support cannot be met
+    values = transport_on_cells(cells, np.asarray(cost, dtype=np.float64).ravel()[cells], r, c,
+                                np.asarray(lower, dtype=np.float64).ravel()[cells],
+                                np.asarray(upper, dtype=np.float64).ravel()[cells], len(c))
+    if values is None:
+        return None
+    table = np.zeros(support.shape, dtype=np.int64)
+    table.ravel()[cells] = values
+    return table
+
+
+def _round_table(real, r, c, cap, lower=None, support=None):
+    """Integer table near `real` with exact margins r, c, under `cap` and (if given) at least `lower`."""
     floor = np.floor(real + 1e-9)
     ceil = np.minimum(np.ceil(real - 1e-9), cap)
     # prefer rounding up the cells with the largest fractional part
-    table = _transport_lp(-(real - floor), r, c, np.minimum(floor, ceil), ceil)
+    table = _transport_lp(-(real - floor), r, c, np.minimum(floor, ceil), ceil, support)
     if table is None:  # `real` was only approximately on the margins: allow any integer table
-        table = _transport_lp(-real, r, c, np.zeros_like(real), cap)
+        table = _transport_lp(-real, r, c, np.zeros_like(real) if lower is None else lower, cap, support)
     return table
 
 
@@ -159,29 +196,77 @@ def max_entropy_table(r, c, cap, iters: int = 3000) -> np.ndarray:
     return np.nan_to_num(table, nan=0.0, posinf=0.0)
 
 
-def _entropy_descent(table, r, c, cap, steps: int = 8):
+def max_entropy_dual(r, c, cap, tol: float = 1e-6, iters: int = 500) -> np.ndarray:
+    """The maximum-entropy table of max_entropy_table (T = min(cap, x_a y_o)), by Newton's method on its dual.
+
+    The dual variables are log x, log y (one per margin); the dual is convex with a sparse Hessian
+    (a bipartite graph over the uncapped cells), so damped Newton steps converge in tens of
+    iterations where capped IPF needs thousands of sweeps when many capacities bind (pools of
+    small pair counts, kept pairs). Levenberg-style damping handles the flat directions of capped
+    cells and the (x * s, y / s) gauge. Stops when every margin is within `tol`.
+    """
+    r, c, cap = (np.asarray(v, dtype=np.float64) for v in (r, c, cap))
+    n_a, n = len(r), len(r) + len(c)
+    a, o = np.nonzero((cap > 0) & (r[:, None] > 0) & (c[None, :] > 0))  # a zero margin empties its line
+    u, pos = cap[a, o], np.concatenate([a, n_a + o])
+    log_u, want = np.log(u), np.concatenate([r, c])
+
+    def dual(z):  # (value, gradient = margins - targets, curvature of each cell)
+        s = np.minimum(z[a] + z[n_a + o], 700.0)  # exp(700) is finite; no real cell needs more
+        capped = s > log_u
+        t = np.where(capped, u, np.exp(np.minimum(s, log_u)))
+        with np.errstate(invalid="ignore"):  # inf * 0 in the capped branch of uncapped cells, not selected
+            value = np.where(capped, u * (1.0 + s - log_u), t).sum() - want @ z
+        return value, np.bincount(pos, np.concatenate([t, t]), n) - want, np.where(capped, 0.0, t)
+
+    total = max(r.sum(), 1.0)
+    z = np.log(np.maximum(want, 1.0) / np.sqrt(total))  # the independence table r c / total
+    value, grad, h = dual(z)
+    damping = 1e-6
+    rows, cols = np.concatenate([pos, a, n_a + o]), np.concatenate([pos, n_a + o, a])
+    for _ in range(iters):
+        if np.abs(grad).max() < tol:
+            break
+        hessian = sparse.csc_matrix((np.concatenate([h, h, h, h]), (rows, cols)), shape=(n, n))
+        scale = max(h.max(), 1.0)
+        while damping < 1e12:
+            step = spsolve((hessian + sparse.identity(n, format="csc") * (damping * scale)), -grad)
+            trial = dual(z + step)
+            if trial[0] <= value + 1e-4 * (grad @ step):  # sufficient decrease: take it, trust the model more
+                z, (value, grad, h) = z + step, trial
+                damping = max(damping / 10, 1e-12)
+                break
+            damping *= 10
+    table = np.zeros(cap.shape)
+    table[a, o] = np.minimum(u, np.exp(np.minimum(z[a] + z[n_a + o], 700.0)))
+    return table
+
+
+def _entropy_descent(table, r, c, cap, steps: int = 8, lower=None, support=None):
     """Lower the joint entropy by successive LPs on its linearisation (cost = -log T)."""
     best = table
+    lower = np.zeros(best.shape) if lower is None else lower
     for _ in range(steps):
         cost = -np.log(best + 0.5)
-        nxt = _transport_lp(cost, r, c, np.zeros(best.shape), cap)
+        nxt = _transport_lp(cost, r, c, lower, cap, support)
         if nxt is None or joint_stats(nxt)["h_joint"] >= joint_stats(best)["h_joint"] - 1e-12:
             break
         best = nxt
     return best
 
 
-def _high_fixed(counts, r, c, cap, normaliser):
-    """Concentrated table with margins r, c under cap: the best of a few entropy-descent runs."""
+def _high_fixed(counts, r, c, cap, normaliser, lower=None, support=None):
+    """Concentrated table with margins r, c, under cap (and over `lower`): the best of a few entropy-descent runs."""
+    lower = np.zeros(counts.shape) if lower is None else lower
     n = counts.sum()
     lift = counts * n / np.maximum(np.outer(counts.sum(1), counts.sum(0)), 1)
     starts = [-np.log1p(counts), -np.log1p(lift), -np.log1p(counts) - np.log1p(lift)]
     best, best_nmi = None, -1.0
     for cost in starts:
-        start = _transport_lp(cost, r, c, np.zeros(counts.shape), cap)
+        start = _transport_lp(cost, r, c, lower, cap, support)
         if start is None:
             continue
-        table = _entropy_descent(start, r, c, cap)
+        table = _entropy_descent(start, r, c, cap, lower=lower, support=support)
         nmi = joint_stats(table, normaliser)["nmi"]
         if nmi > best_nmi + 1e-12:
             best, best_nmi = table, nmi
@@ -222,11 +307,13 @@ class _Plan:
     nmi_high: float
     r: np.ndarray
     c: np.ndarray
+    lower: np.ndarray | None = None  # with distinct pairs: one sample on every kept pair
+    support: np.ndarray | None = None  # with distinct pairs: the kept pairs, the only LP variables
 
     def table(self, t: float) -> np.ndarray:
         real = (1 - t) * self.low + t * self.high
         if self.fixed:
-            return _round_table(real, self.r, self.c, self.cap)
+            return _round_table(real, self.r, self.c, self.cap, self.lower, self.support)
         # free margins: largest remainder over all cells keeps the total; real <= cap and cap is
         # integer, so a cell with a fractional part can always take one more
         table = np.floor(real + 1e-9)
@@ -239,7 +326,8 @@ class _Plan:
         return joint_stats(table, self.normaliser)["nmi"]
 
 
-def _plan(counts, size, fixed_marginals, allow_repeats, normaliser, marginals=None) -> _Plan:
+def _targets(counts, size, allow_repeats, marginals):
+    """(counts, r, c, cap): the pool table checked, the target marginals at `size` and the capacity."""
     counts = np.asarray(counts, dtype=np.int64)
     if counts.ndim != 2 or counts.sum() == 0:
         raise ValueError("the pool is empty: no labelled attribute-object pair")
@@ -249,7 +337,11 @@ def _plan(counts, size, fixed_marginals, allow_repeats, normaliser, marginals=No
         raise InfeasibleTarget(f"size {size} exceeds the pool ({int(counts.sum())} samples); use allow_repeats to upsample")
     ra, co = marginals if marginals is not None else (counts.sum(1), counts.sum(0))
     r, c = largest_remainder(ra, size), largest_remainder(co, size)
-    cap = _capacity(counts, allow_repeats)
+    return counts, r, c, _capacity(counts, allow_repeats)
+
+
+def _plan(counts, size, fixed_marginals, allow_repeats, normaliser, marginals=None) -> _Plan:
+    counts, r, c, cap = _targets(counts, size, allow_repeats, marginals)
     low = _round_table(max_entropy_table(r, c, cap), r, c, cap)
     if low is None:
         raise InfeasibleTarget(f"no subset of size {size} has those marginals within the pool's pair counts")
@@ -267,10 +359,25 @@ def _plan(counts, size, fixed_marginals, allow_repeats, normaliser, marginals=No
 
 
 def feasible_nmi_range(counts, size: int, fixed_marginals: bool = True, allow_repeats: bool = False,
-                       normaliser: str = "arithmetic", marginals=None) -> tuple[float, float]:
-    """(low, high) NMI this selector can reach at `size` from a pool with pair `counts[A, O]`."""
-    plan = _plan(counts, size, fixed_marginals, allow_repeats, normaliser, marginals)
+                       normaliser: str = "arithmetic", marginals=None, distinct_pairs: int | None = None,
+                       seed: int = 0) -> tuple[float, float]:
+    """(low, high) NMI this selector can reach at `size` from a pool with pair `counts[A, O]`.
+
+    With distinct_pairs=K: inside the K pairs that `seed` keeps (see select_subset).
+    """
+    if distinct_pairs is None:
+        plan = _plan(counts, size, fixed_marginals, allow_repeats, normaliser, marginals)
+    else:
+        plan, _ = _pairs_plan(counts, size, distinct_pairs, seed, fixed_marginals, allow_repeats, normaliser, marginals)
     return plan.nmi_low, plan.nmi_high
+
+
+def feasible_pairs_range(counts, size: int, seed: int = 0, allow_repeats: bool = False,
+                         marginals=None) -> tuple[int, int]:
+    """(K_min, K_max): the distinct-pair counts select_subset(distinct_pairs=K) can reach at `size` with `seed`."""
+    counts, r, c, cap = _targets(counts, size, allow_repeats, marginals)
+    order = _order(counts, r, c, cap, seed)
+    return order.n_min, order.n_max
 
 
 def _solve(plan: _Plan, target: float, tol: float):
@@ -304,7 +411,121 @@ def _solve(plan: _Plan, target: float, tol: float):
         f"[{plan.nmi_low:.4f}, {plan.nmi_high:.4f}] (closest reached {best[2]:.4f}, tol {tol:g})")
 
 
-# ---------------------------------------------------------------- uids from a table
+# ---------------------------------------------------------------- the plan inside K kept pairs
+@dataclass
+class _Pairs:
+    """A distinct-pairs target: the keep order at this size and seed, and the first k pairs of it."""
+
+    k: int
+    order: PairOrder
+    kept: np.ndarray  # bool [A, O]
+    seed: int
+    cap: np.ndarray  # the pool's capacity (not yet restricted to the kept pairs)
+
+
+def _order(counts, r, c, cap, seed) -> PairOrder:
+    order = pair_order(counts, r, c, cap, seed)
+    if order is None:
+        raise InfeasibleTarget(f"no subset of size {int(r.sum())} has those marginals within the pool's pair counts")
+    return order
+
+
+def _kept_pairs(counts, r, c, cap, k: int, seed: int) -> _Pairs:
+    """The first k pairs of the keep order, or InfeasibleTarget naming the reachable range of k."""
+    size, n_pool = int(r.sum()), int((counts > 0).sum())
+    if k < 1:
+        raise ValueError(f"distinct_pairs must be a positive integer, got {k}")
+    if k > n_pool:
+        raise InfeasibleTarget(f"distinct_pairs {k} > the {n_pool} pairs the pool holds")
+    if k > size:
+        raise InfeasibleTarget(f"distinct_pairs {k} > size {size}: every kept pair needs at least one sample")
+    order = _order(counts, r, c, cap, seed)
+    if not order.n_min <= k <= order.n_max:
+        fewest = max(int((r > 0).sum()), int((c > 0).sum()))  # every attribute and object needs a pair
+        raise InfeasibleTarget(
+            f"distinct_pairs {k} not reachable at size {size} with the target marginals: feasible pairs "
+            f"[{order.n_min}, {order.n_max}] (seed {seed}; no table with these marginals has fewer than {fewest})")
+    return _Pairs(k, order, order.mask(k, counts.shape), seed, cap)
+
+
+def _kept_plan(counts, r, c, cap, kept, normaliser) -> _Plan:
+    """The NMI plan inside the kept pairs: capacity 0 elsewhere and one sample fixed on each kept pair."""
+    base = kept.astype(np.int64)
+    cap = np.where(kept, cap, 0.0)
+    # max entropy of what is left once every kept pair has its sample; base + it stays >= 1 on kept pairs
+    rest = max_entropy_dual(r - base.sum(1), c - base.sum(0), cap - base)
+    low = _round_table(base + rest, r, c, cap, lower=base, support=kept)
+    if low is None:  # the keep order proved a table exists, so only a solver failure lands here
+        raise InfeasibleTarget(f"no table on the {int(base.sum())} kept pairs has the target marginals")
+    high = _high_fixed(counts, r, c, cap, normaliser, lower=base, support=kept)
+    high = low if high is None else high
+    nmi_low, nmi_high = joint_stats(low, normaliser)["nmi"], joint_stats(high, normaliser)["nmi"]
+    if nmi_high < nmi_low:
+        high, nmi_high = low, nmi_low
+    return _Plan(low, high, cap, True, normaliser, nmi_low, nmi_high, r, c, lower=base, support=kept)
+
+
+def _pairs_plan(counts, size, k, seed, fixed_marginals, allow_repeats, normaliser, marginals):
+    """(plan, pairs) for a subset of `size` with exactly k distinct pairs and fixed marginals."""
+    if not fixed_marginals:
+        raise ValueError("distinct_pairs holds the marginals fixed; it cannot be combined with free marginals")
+    counts, r, c, cap = _targets(counts, int(size), allow_repeats, marginals)
+    pairs = _kept_pairs(counts, r, c, cap, int(k), seed)
+    return _kept_plan(counts, r, c, cap, pairs.kept, normaliser), pairs
+
+
+def _ends(counts, r, c, cap, pairs: _Pairs, k: int, normaliser) -> tuple[float, float]:
+    plan = _kept_plan(counts, r, c, cap, pairs.order.mask(k, counts.shape), normaliser)
+    return plan.nmi_low, plan.nmi_high
+
+
+def _fewest_pairs_for(counts, r, c, cap, pairs: _Pairs, target, tol, normaliser) -> str:
+    """A target below the band: the fewest pairs whose low end reaches it, by bisection on k.
+
+    The low end falls as pairs are added: H(A, O) <= log k, so with fixed marginals
+    NMI >= 2 - 2 log k / (H(A) + H(O)) (docs/design_space.md).
+    """
+    n_min, n_max = pairs.order.n_min, pairs.order.n_max
+    span = f"feasible pairs [{n_min}, {n_max}], seed {pairs.seed}"
+    lowest = _ends(counts, r, c, cap, pairs, n_max, normaliser)[0]
+    if lowest >= target + tol:
+        return f"no pair count reaches it at this size (lowest NMI {lowest:.4f}, with all {n_max} pairs; {span})"
+    lo, hi = pairs.k, n_max  # lo: too high, hi: low enough
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if _ends(counts, r, c, cap, pairs, mid, normaliser)[0] < target + tol else (mid, hi)
+    return f"NMI {target:g} needs at least {hi} pairs at this size ({span})"
+
+
+def _pairs_reaching_high(counts, r, c, cap, pairs: _Pairs, target, tol, normaliser, n_scan: int = 9) -> str:
+    """A target above the band: which of n_scan pair counts in [K_min, K_max] have a high end that reaches it.
+
+    The high end is a heuristic and depends on which pairs are kept, not only on how many, so it
+    is not monotone in k: scan a few counts instead of bisecting.
+    """
+    n_min, n_max = pairs.order.n_min, pairs.order.n_max
+    span = f"feasible pairs [{n_min}, {n_max}], seed {pairs.seed}"
+    scanned = sorted({int(k) for k in np.linspace(n_min, n_max, n_scan).round()} - {pairs.k})
+    highs = {k: _ends(counts, r, c, cap, pairs, k, normaliser)[1] for k in scanned}
+    reach = [k for k in scanned if highs[k] > target - tol]
+    if reach:
+        return (f"NMI {target:g} is within reach with {', '.join(map(str, reach))} pairs "
+                f"({span}; {len(scanned)} counts scanned)")
+    best = max(highs, key=highs.get) if highs else pairs.k
+    return (f"no scanned pair count reaches it at this size (highest NMI {highs.get(best, float('nan')):.4f}, "
+            f"with {best} pairs; {span}; {len(scanned)} counts scanned)")
+
+
+def _check_band(plan: _Plan, counts, pairs: _Pairs, target, tol) -> None:
+    """InfeasibleTarget when `target` is outside the NMI band of the kept pairs, naming both knobs' ranges."""
+    if target is None or plan.nmi_low - tol < target < plan.nmi_high + tol:
+        return
+    if not 0 <= target <= 1:
+        raise ValueError(f"NMI target must be in [0, 1], got {target}")
+    more = _fewest_pairs_for if target < plan.nmi_low else _pairs_reaching_high
+    need = more(counts, plan.r, plan.c, pairs.cap, pairs, target, tol, plan.normaliser)
+    raise InfeasibleTarget(f"at size {int(plan.r.sum())} with {pairs.k} pairs, NMI {target:g} is outside "
+                           f"[{plan.nmi_low:.4f}, {plan.nmi_high:.4f}] (tol {tol:g}); {need}")
 def _check_pool(uids, attr_idx, obj_idx, attributes, objects):
     uids, attr_idx, obj_idx = np.asarray(uids), np.asarray(attr_idx), np.asarray(obj_idx)
     if not (uids.ndim == attr_idx.ndim == obj_idx.ndim == 1 and len(uids) == len(attr_idx) == len(obj_idx)):
@@ -343,7 +564,16 @@ def _marginal(counts, names) -> dict:
     return {str(n): float(v / total) for n, v in zip(names, counts)}
 
 
-def _build(uids, attr_idx, obj_idx, attributes, objects, table, t, plan, target, seed, tol, allow_repeats):
+def _diversity(table, counts, rows, caption_keys) -> dict:
+    """The manifest's "diversity": pair measures, plus caption measures when the pool has caption keys."""
+    out = pair_diversity(table, counts)
+    if caption_keys is not None:
+        out.update(caption_diversity(caption_keys[0][rows], caption_keys[1][rows]))
+    return out
+
+
+def _build(uids, attr_idx, obj_idx, attributes, objects, table, t, plan, target, seed, tol, allow_repeats,
+           counts=None, pairs: _Pairs | None = None, caption_keys=None):
     rows = _pick(uids, attr_idx, obj_idx, table, seed)
     rows = rows[np.argsort(uids[rows], kind="stable")]
     sub_uids = uids[rows]
@@ -352,7 +582,7 @@ def _build(uids, attr_idx, obj_idx, attributes, objects, table, t, plan, target,
         "size": int(len(rows)),
         "unique_uids": int(len(np.unique(sub_uids))),
         "nmi": stats["nmi"],
-        "nmi_target": float(target),
+        "nmi_target": None if target is None else float(target),
         "tol": float(tol),
         "normaliser": plan.normaliser,
         "mi": stats["mi"],
@@ -373,28 +603,73 @@ def _build(uids, attr_idx, obj_idx, attributes, objects, table, t, plan, target,
         "uid_checksum": hashlib.sha256(np.ascontiguousarray(sub_uids).tobytes()).hexdigest(),
         "uid_dtype": str(sub_uids.dtype),
         "source": None,
+        "diversity": _diversity(table, counts, rows, caption_keys),
+        "distinct_pairs_target": None if pairs is None else pairs.k,
+        "feasible_pairs_range": None if pairs is None else [pairs.order.n_min, pairs.order.n_max],
     }
     return Subset(sub_uids, attr_idx[rows], obj_idx[rows], list(attributes), list(objects), table, stats, manifest)
 
 
-def select_many(uids, attr_idx, obj_idx, attributes, objects, size: int, nmi_targets, seed: int = 0,
+def _target_list(nmi_targets, distinct_pairs) -> list:
+    """The NMI targets; [None] (no NMI target) when only a distinct-pairs target is given."""
+    if nmi_targets is not None:
+        return list(nmi_targets)
+    if distinct_pairs is None:
+        raise ValueError("give an NMI target, distinct_pairs, or both")
+    return [None]
+
+
+def _check_caption_keys(caption_keys, n: int):
+    if caption_keys is None:
+        return None
+    keys = tuple(np.asarray(k) for k in caption_keys)
+    if len(keys) != 2 or any(k.shape != (n,) for k in keys):
+        raise ValueError(f"caption_keys must be two arrays (caption_hash, template_hash) of the pool's length {n}")
+    return keys
+
+
+def select_many(uids, attr_idx, obj_idx, attributes, objects, size: int, nmi_targets=None, seed: int = 0,
                 normaliser: str = "arithmetic", fixed_marginals: bool = True, allow_repeats: bool = False,
-                tol: float = 0.005, marginals=None) -> list[Subset]:
-    """One subset of `size` per NMI target, all sharing one marginal target; InfeasibleTarget before any work is returned."""
+                tol: float = 0.005, marginals=None, distinct_pairs: int | None = None,
+                caption_keys=None) -> list[Subset]:
+    """One subset of `size` per NMI target, all sharing one marginal target; InfeasibleTarget before any work is returned.
+
+    distinct_pairs=K: each subset has exactly K distinct pairs, the first K of the seeded keep order
+    (data_filters.kept_pairs; nested in K for one size and seed), with the same marginals as without
+    it, and the NMI targets are reached inside those pairs; nmi_targets=None then gives the
+    max-entropy table on them (the lowest NMI those pairs allow). caption_keys=(caption_hash,
+    template_hash), aligned with uids (label.load_caption_keys), adds caption measures to "diversity".
+    """
     uids, attr_idx, obj_idx = _check_pool(uids, attr_idx, obj_idx, attributes, objects)
+    targets = _target_list(nmi_targets, distinct_pairs)
+    caption_keys = _check_caption_keys(caption_keys, len(uids))
     counts = pair_counts(attr_idx, obj_idx, len(attributes), len(objects))
-    plan = _plan(counts, int(size), fixed_marginals, allow_repeats, normaliser, marginals)
-    solved = [(_solve(plan, float(target), tol), target) for target in nmi_targets]  # all checked first
-    return [_build(uids, attr_idx, obj_idx, attributes, objects, table, t, plan, target, seed, tol, allow_repeats)
+    pairs = None
+    if distinct_pairs is None:
+        plan = _plan(counts, int(size), fixed_marginals, allow_repeats, normaliser, marginals)
+    else:
+        plan, pairs = _pairs_plan(counts, size, distinct_pairs, seed, fixed_marginals, allow_repeats, normaliser,
+                                  marginals)
+        for target in targets:
+            _check_band(plan, counts, pairs, target, tol)
+    solved = [((plan.low, 0.0) if target is None else _solve(plan, float(target), tol), target)
+              for target in targets]  # all checked first
+    return [_build(uids, attr_idx, obj_idx, attributes, objects, table, t, plan, target, seed, tol, allow_repeats,
+                   counts, pairs, caption_keys)
             for (table, t), target in solved]
 
 
-def select_subset(uids, attr_idx, obj_idx, attributes, objects, size: int, nmi_target: float, seed: int = 0,
-                  normaliser: str = "arithmetic", fixed_marginals: bool = True, allow_repeats: bool = False,
-                  tol: float = 0.005, marginals=None) -> Subset:
-    """The subset of `size` samples whose attribute-object NMI is within `tol` of `nmi_target`."""
-    return select_many(uids, attr_idx, obj_idx, attributes, objects, size, [nmi_target], seed, normaliser,
-                       fixed_marginals, allow_repeats, tol, marginals)[0]
+def select_subset(uids, attr_idx, obj_idx, attributes, objects, size: int, nmi_target: float | None = None,
+                  seed: int = 0, normaliser: str = "arithmetic", fixed_marginals: bool = True,
+                  allow_repeats: bool = False, tol: float = 0.005, marginals=None, distinct_pairs: int | None = None,
+                  caption_keys=None) -> Subset:
+    """The subset of `size` samples whose attribute-object NMI is within `tol` of `nmi_target`.
+
+    distinct_pairs=K: exactly K distinct pairs (see select_many); nmi_target may then be None.
+    """
+    targets = None if nmi_target is None else [nmi_target]
+    return select_many(uids, attr_idx, obj_idx, attributes, objects, size, targets, seed, normaliser,
+                       fixed_marginals, allow_repeats, tol, marginals, distinct_pairs, caption_keys)[0]
 
 
 # ---------------------------------------------------------------- writing

@@ -1,6 +1,7 @@
 """Command-line front ends for subset selection and resharding (wired as `aotrain filter select|reshard`).
 
     python -m data_filters.select_cli select labels.parquet --size 2000 --nmi 0.05 0.2 --out subsets
+    python -m data_filters.select_cli select labels.parquet --size 2000 --pairs 40 [--nmi 0.5] --out subset-40
     python -m data_filters.select_cli reshard subsets/nmi-0.05/subset.npy --shards pool --out shards-0.05
 
 Bad inputs print one line to stderr and return 2, with nothing written.
@@ -16,25 +17,33 @@ from pathlib import Path
 
 import numpy as np
 
-from data_filters.label import load_labels
+from data_filters.label import load_caption_keys, load_labels
 from data_filters.nmi import NORMALISERS
 
 SELECT_EPILOG = """\
 LABELS.parquet needs columns uid, attribute, object (one row per sample). With one --nmi value the
 subset goes to OUT/{subset.npy,subset.parquet,manifest.json}; with several, to OUT/nmi-<target>/...
 All targets share the same attribute and object counts unless --free-marginals.
+--pairs K keeps exactly K distinct pairs (the first K of a seeded order: nested in K for one size
+and seed), alone (the most even table on them) or with --nmi (targets reached inside them).
+The feasible region printed: the NMI range at this size (and pair count), and with --pairs the
+pair counts [K_min, K_max] this size and seed can hold. manifest.json "diversity" has the pair
+measures, and distinct captions/templates when the labels file carries caption keys.
 """
 
 
 def _select_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aotrain filter select", epilog=SELECT_EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Pick pool subsets of a fixed size whose attribute-object NMI hits targets.")
+                                description="Pick pool subsets of a fixed size whose attribute-object NMI hits targets "
+                                            "and/or that keep exactly K distinct pairs.")
     p.add_argument("labels", help="parquet file with columns uid, attribute, object")
     p.add_argument("--size", type=int, required=True, help="samples per subset")
-    p.add_argument("--nmi", type=float, nargs="+", required=True, metavar="TARGET", help="NMI target(s) in [0, 1]")
+    p.add_argument("--nmi", type=float, nargs="+", metavar="TARGET", help="NMI target(s) in [0, 1]")
+    p.add_argument("--pairs", type=int, metavar="K", help="exactly K distinct attribute-object pairs")
     p.add_argument("--out", required=True, help="output folder (must not exist)")
-    p.add_argument("--seed", type=int, default=0, help="seed for which uids fill each pair (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed for which pairs are kept (--pairs) and which uids fill each pair (default 0)")
     p.add_argument("--free-marginals", action="store_true",
                    help="let attribute/object frequencies change with the target (wider NMI range)")
     p.add_argument("--allow-repeats", action="store_true", help="upsample: a uid may appear several times")
@@ -55,11 +64,14 @@ def select_main(argv=None) -> int:
     try:
         if args.size < 1:
             raise ValueError(f"--size must be positive, got {args.size}")
+        if args.nmi is None and args.pairs is None:
+            raise ValueError("give --nmi, --pairs or both")
         if Path(args.out).exists():
             raise ValueError(f"output {args.out} already exists")
         pool = load_labels(args.labels)
         subs = select_many(*pool, size=args.size, nmi_targets=args.nmi, seed=args.seed, normaliser=args.normaliser,
-                           fixed_marginals=not args.free_marginals, allow_repeats=args.allow_repeats, tol=args.tol)
+                           fixed_marginals=not args.free_marginals, allow_repeats=args.allow_repeats, tol=args.tol,
+                           distinct_pairs=args.pairs, caption_keys=load_caption_keys(args.labels))
         if len(subs) == 1:
             write_subset(subs[0], args.out, source=os.path.abspath(args.labels))
         else:
@@ -67,17 +79,28 @@ def select_main(argv=None) -> int:
     except (ValueError, OSError) as e:  # InfeasibleTarget is a ValueError
         print(f"aotrain filter select: {e}", file=sys.stderr)
         return 2
-    lo, hi = subs[0].manifest["feasible_nmi_range"]
-    print(f"feasible NMI range at size {args.size}: [{lo:.4f}, {hi:.4f}] ({args.normaliser})")
+    print(_region(subs[0].manifest, args))
     first = subs[0].manifest
     for sub in subs:
         m = sub.manifest
         tv_a = _tv(m["attribute_marginal"], first["attribute_marginal"])
         tv_o = _tv(m["object_marginal"], first["object_marginal"])
-        print(f"target {m['nmi_target']:g}: nmi {m['nmi']:.4f} size {m['size']} pairs {m['distinct_pairs']} "
+        target = "none" if m["nmi_target"] is None else f"{m['nmi_target']:g}"
+        print(f"target {target}: nmi {m['nmi']:.4f} size {m['size']} pairs {m['distinct_pairs']} "
+              f"effective pairs {m['diversity']['effective_pairs']:.1f} "
               f"marginal TV vs first: attribute {tv_a:.4f} object {tv_o:.4f}")
     print(f"wrote {args.out}")
     return 0
+
+
+def _region(manifest: dict, args) -> str:
+    """The feasible region at this size: NMI range (inside the kept pairs with --pairs) and pair counts."""
+    lo, hi = manifest["feasible_nmi_range"]
+    if args.pairs is None:
+        return f"feasible NMI range at size {args.size}: [{lo:.4f}, {hi:.4f}] ({args.normaliser})"
+    k_min, k_max = manifest["feasible_pairs_range"]
+    return (f"feasible pairs at size {args.size} (seed {args.seed}): [{k_min}, {k_max}]\n"
+            f"feasible NMI range at size {args.size} with {args.pairs} pairs: [{lo:.4f}, {hi:.4f}] ({args.normaliser})")
 
 
 def _reshard_parser() -> argparse.ArgumentParser:

@@ -1,11 +1,14 @@
-"""`aotrain filter stats`: attribute-object statistics (NMI, entropies, coverage) of caption sources.
+"""`aotrain filter stats`: attribute-object statistics (NMI, entropies, coverage, diversity) of caption sources.
 
     python -m data_filters.stats_cli stats data/pool/ --vocab builtin --out filter_stats
     python -m data_filters.stats_cli data/world/pool --vocab world:data/world --workers 2
 
 Writes OUT/stats.json and OUT/joint_counts.csv (each via a temp file + os.replace, and only after
 every input was read, so a failed run leaves no output behind). Bad inputs print one line on
-stderr and return exit code 2.
+stderr and return exit code 2. stats.json "diversity" holds the pair measures of
+data_filters.diversity (distinct pairs, grid coverage, attributes per object and objects per
+attribute, joint entropy, effective pairs) and "caption_diversity" the distinct labelled captions
+and caption templates (null with --no-caption-diversity, which keeps the counting throughput).
 """
 from __future__ import annotations
 
@@ -42,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, metavar="N", help="processes, one file per task (default: 2)")
     p.add_argument("--normaliser", default="arithmetic", choices=NORMALISERS, help="NMI normaliser (default: arithmetic)")
     p.add_argument("--top", type=int, default=10, metavar="K", help="rows of the joint table to print (default: 10)")
+    p.add_argument("--no-caption-diversity", action="store_true",
+                   help="skip distinct captions and templates (masking costs about a third of the throughput)")
     return p
 
 
@@ -52,6 +57,8 @@ def _fmt(x, spec=".4f") -> str:
 def summary(stats: dict, top: list[tuple[str, str, int]]) -> str:
     """Readable multi-line summary of PairCounts.stats() and the most frequent labelled pairs."""
     apo = stats["attributes_per_object"]
+    div, cap = stats["diversity"], stats["caption_diversity"] or {}
+    opa = div["objects_per_attribute"]
     lines = [
         f"captions            {stats['n_captions']:,} (malformed rows skipped: {stats['n_malformed']:,})",
         f"with a pair         {stats['n_with_pair']:,} ({stats['fraction_with_pair']:.1%}); "
@@ -62,6 +69,13 @@ def summary(stats: dict, top: list[tuple[str, str, int]]) -> str:
         f"distinct pairs      {stats['distinct_pairs']:,} over {stats['n_attributes_seen']} attributes x "
         f"{stats['n_objects_seen']} objects",
         f"attributes/object   mean {_fmt(apo['mean'], '.2f')}  min {_fmt(apo['min'], 'd')}  max {_fmt(apo['max'], 'd')}",
+        f"objects/attribute   mean {_fmt(opa['mean'], '.2f')}  min {_fmt(opa['min'], 'd')}  max {_fmt(opa['max'], 'd')}",
+        f"pair diversity      {div['distinct_pairs']:,} of {div['grid_pairs']:,} grid cells "
+        f"({div['grid_coverage']:.1%}); "
+        f"effective pairs {_fmt(div['effective_pairs'], '.1f')} (joint entropy {_fmt(div['joint_entropy'])} nats)",
+        f"caption diversity   distinct captions {cap['distinct_captions']:,}  templates {cap['distinct_templates']:,} "
+        f"(labelled captions{'' if cap['exact'] else '; estimated'})" if cap else
+        "caption diversity   not counted (--no-caption-diversity)",
     ]
     if top:
         lines.append("top pairs (attribute, object, captions):")
@@ -72,7 +86,8 @@ def summary(stats: dict, top: list[tuple[str, str, int]]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     counts = count_files(args.sources, args.vocab, workers=args.workers, window=args.window,
-                         uid_column=args.uid_column, caption_column=args.caption_column)
+                         caption_diversity=not args.no_caption_diversity, uid_column=args.uid_column,
+                         caption_column=args.caption_column)
     if counts.n_captions == 0:
         raise ValueError(f"no captions found in {' '.join(args.sources)} ({counts.n_malformed} malformed rows)")
     stats = counts.stats(args.normaliser)
