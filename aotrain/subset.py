@@ -43,7 +43,7 @@ def pool_shards(pool: Path) -> list[Path]:
     """The pool's webdataset shards (sorted); ValueError when there are none."""
     pool = Path(pool)
     if not pool.is_dir():
-        raise FileNotFoundError(f"pool not found: {pool} (a folder of webdataset .tar shards)")
+        raise FileNotFoundError(f"pool folder not found: {pool} (a folder of webdataset .tar shards)")
     shards = sorted(pool.glob("*.tar"))
     if not shards:
         raise ValueError(f"no .tar shards in {pool}: give an img2dataset or DataComp output folder")

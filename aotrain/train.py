@@ -91,7 +91,8 @@ def _require_real_paths(cfg) -> None:
         group, field = key.split(".")
         unresolved = OmegaConf.to_container(cfg[group], resolve=False)[field]
         if "${world_dir}" in str(unresolved) or "${train_pool}" in str(unresolved):
-            raise UserError(f"no toy world (~world) but {key} points into it: {advice}")
+            raise UserError(f"no toy world (~world) but {key} points into it: {advice} (your own data: "
+                            "recipe=null ~world, or a real-data recipe such as recipe=low_nmi_cc12m)")
 
 
 def _check_pool(pool: Path) -> None:

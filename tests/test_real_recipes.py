@@ -114,7 +114,7 @@ def test_missing_pool_key_names_it(world, tmp_path):
 def test_wrong_pool_path_is_an_error_before_training(world, tmp_path):
     proc = _fit(tmp_path, world, tmp_path / "no-such-pool")
     _no_training(tmp_path, proc)
-    assert "data.pool: pool not found" in proc.stderr
+    assert "data.pool: pool folder not found" in proc.stderr
 
 
 def test_pool_without_parseable_captions_is_an_error_before_training(world, tmp_path):
