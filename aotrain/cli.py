@@ -67,6 +67,7 @@ MAIN_OPTIONS = [
     ("parity.twin=RUN_DIR", "stop unless this run is a twin of that run (tower, data, batch, steps, schedule)"),
     ("subset.nmi=FLOAT", "NMI target of the training subset selected from the toy pool"),
     ("subset.size=INT", "samples in that subset (same marginals at every target)"),
+    ("subset.pairs=INT", "diversity: exactly this many distinct attribute-object pairs (nested across values)"),
     ("eval.every_n_steps=INT", "zero-shot evaluation interval (0: at the end only)"),
     ("logger.tracking_uri=URI", "MLflow store (default: $MLFLOW_TRACKING_URI or sqlite in paths.root)"),
     ("paths.root=PATH", "where worlds, runs and the MLflow store go (default: $AOTRAIN_OUTPUT or ./outputs)"),

@@ -8,7 +8,7 @@ stage's output sits in a folder named by a hash of its inputs, so a second run w
 reuses it (and says so) and a changed setting recomputes only what depends on it:
 
     <cache>/labels-<pool files + vocabulary>/{labels.parquet, stats.json}
-    <cache>/subsets/nmi<target>-n<size>-<labels key + size, NMI, seed, tol>/subset/{subset.npy, manifest.json, ...}
+    <cache>/subsets/nmi<target>[-k<pairs>]-n<size>-<labels key + spec>/subset/{subset.npy, manifest.json, ...}
     <cache>/subsets/.../shards/{shard-*.tar, sizes.json}
 
 The cache is the toy world's folder for the toy pool and `paths.cache` for a real one.
@@ -100,16 +100,27 @@ def label_stage(pool: Path, vocab_spec: str, cache: Path) -> tuple[Path, dict]:
     return labels, stats
 
 
+def _describe(spec: dict) -> tuple[str, str]:
+    """(folder name prefix, words) of a selection spec, e.g. ("nmi0.1-k40-n12800", "NMI 0.1, 40 pairs")."""
+    name = [f"nmi{spec['nmi']:g}"] if spec.get("nmi") is not None else []
+    words = [f"NMI {spec['nmi']:g}"] if spec.get("nmi") is not None else []
+    if spec.get("pairs") is not None:
+        name.append(f"k{spec['pairs']}")
+        words.append(f"{spec['pairs']} distinct pairs")
+    return "-".join(name + [f"n{spec['size']}"]), ", ".join(words)
+
+
 def select_stage(labels: Path, spec: dict, cache: Path) -> Path:
-    """The subset folder (subset.npy, manifest.json) for `spec` = {size, nmi, seed, tol}; cached."""
-    folder = Path(cache) / "subsets" / f"nmi{spec['nmi']:g}-n{spec['size']}-{_key(labels.parent.name, spec)}"
+    """The subset folder (subset.npy, manifest.json) for `spec` = {size, nmi, pairs, seed, tol}; cached."""
+    name, words = _describe(spec)
+    folder = Path(cache) / "subsets" / f"{name}-{_key(labels.parent.name, spec)}"
     manifest = folder / "subset" / "manifest.json"
     if manifest.is_file():
         _say("select", f"reusing the cached subset {folder / 'subset'}")
         return folder
-    _say("select", f"selecting {spec['size']:,} samples at NMI {spec['nmi']:g} -> {folder / 'subset'}")
+    _say("select", f"selecting {spec['size']:,} samples at {words} -> {folder / 'subset'}")
     chosen = select_subset(*load_labels(labels), size=spec["size"], nmi_target=spec["nmi"],
-                           seed=spec["seed"], tol=spec["tol"])
+                           distinct_pairs=spec.get("pairs"), seed=spec["seed"], tol=spec["tol"])
     write_subset(chosen, folder / "subset", source=str(labels))
     return folder
 
@@ -129,7 +140,7 @@ def reshard_stage(pool: Path, folder: Path, samples_per_shard: int, field: str) 
 
 def prepare_subset(pool: Path, vocab_spec: str, spec: dict, cache: Path,
                    samples_per_shard: int = 5000) -> tuple[Path, dict]:
-    """(shards folder, manifest) of the subset `spec` = {size, nmi, seed, tol} of `pool`.
+    """(shards folder, manifest) of the subset `spec` = {size, nmi, pairs, seed, tol} of `pool`.
 
     Raises data_filters.select.InfeasibleTarget (a ValueError) with the feasible NMI range, and
     ValueError/FileNotFoundError for a pool without shards or without one labelled caption.

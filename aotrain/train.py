@@ -62,7 +62,7 @@ def prepare(cfg) -> tuple[dict | None, dict | None]:
         _check_pool(pool)
     _check_benchmarks(cfg)  # before the selection, which can take minutes on a real pool
     subset = None
-    if cfg.subset.nmi is not None:
+    if cfg.subset.nmi is not None or cfg.subset.pairs is not None:
         pool, subset = _select(pool, vocabulary, cache, cfg)
     cfg.train_pool = str(pool)
     cfg.data.pool = cfg.train_pool
@@ -71,9 +71,9 @@ def prepare(cfg) -> tuple[dict | None, dict | None]:
 
 
 def _select(pool: Path, vocabulary: str, cache: Path, cfg) -> tuple[Path, dict]:
-    spec = {k: cfg.subset[k] for k in ("size", "nmi", "seed", "tol")}
+    spec = {k: cfg.subset[k] for k in ("size", "nmi", "pairs", "seed", "tol")}
     if spec["size"] is None:
-        raise UserError("subset.nmi is set but subset.size is not: set subset.size=N")
+        raise UserError("subset.nmi or subset.pairs is set but subset.size is not: set subset.size=N")
     try:
         return prepare_subset(pool, vocabulary, spec, cache, cfg.subset.samples_per_shard)
     except (ValueError, FileNotFoundError) as e:  # InfeasibleTarget names the feasible range

@@ -234,14 +234,20 @@ def _scatter_seen_unseen(ax, runs: pd.DataFrame, seen: str, unseen: str, color_r
     return mappable if color_range is not None else None
 
 
+# x axis -> the axes its lines may stand for, in order of preference
+PLOT_LINES = {"nmi": ("size", "diversity"), "size": ("nmi", "diversity"), "diversity": ("size", "nmi")}
+
+
 def _write_plots(runs: pd.DataFrame, out_dir: Path, axes: Sequence[str], primary: str) -> dict[str, Path]:
-    """acc_vs_nmi.png / acc_vs_size.png (when that axis has > 1 value) and robustness.png."""
+    """acc_vs_<axis>.png for nmi, size and diversity (when swept) and robustness.png."""
     metrics = [m for m in _unique([primary, UNSEEN_OBJECT]) if _has_values(runs, m)]
     present = _present_axes(runs, axes)
     written = {}
-    for x, line_axis, log_x in (("nmi", "size", False), ("size", "nmi", True)):
+    for x, line_axes in PLOT_LINES.items():
         if metrics and x in present and runs[x].nunique() > 1:
+            # one line per value of the first other swept axis (size for NMI and diversity)
+            line_axis = next((a for a in line_axes if a in present and runs[a].nunique() > 1), line_axes[0])
             name = f"acc_vs_{x}.png"
-            written[name] = _plot_metric_lines(runs, out_dir / name, x, line_axis, metrics, log_x)
+            written[name] = _plot_metric_lines(runs, out_dir / name, x, line_axis, metrics, log_x=x == "size")
     written["robustness.png"] = _plot_robustness(runs, out_dir / "robustness.png")
     return written

@@ -229,7 +229,8 @@ HOW_TO_READ = (
 
 PLOT_CAPTIONS = {
     "acc_vs_nmi.png": "Accuracy against NMI (one line per size, 95% CI over seeds)",
-    "acc_vs_size.png": "Accuracy against size (one line per NMI, 95% CI over seeds)",
+    "acc_vs_size.png": "Accuracy against size (one line per NMI or diversity, 95% CI over seeds)",
+    "acc_vs_diversity.png": "Accuracy against diversity (distinct pairs; one line per size, 95% CI over seeds)",
     "robustness.png": "Unseen against seen accuracy per run (colour: NMI, marker: supervision)",
 }
 

@@ -78,3 +78,13 @@ def test_real_data_path_trains_on_given_shards_and_benchmark(smoke_fit, tmp_path
     assert 0 <= summary["metrics"]["imagenet_ao/pair_top1"] <= 1
     run = _client(tmp_path).get_run(summary["run_id"])
     assert run.data.params["data_pool"] == f"{world}/pool" and "data_nmi" not in run.data.params
+
+
+def test_subset_pairs_sets_the_number_of_distinct_pairs(tmp_path):
+    """Diversity as a knob: subset.pairs=K trains on exactly K distinct attribute-object pairs."""
+    proc = run_cli("fit", "debug=smoke", "subset.nmi=null", "subset.pairs=40", root=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "at 40 distinct pairs" in proc.stderr
+    summary = json.loads(next((tmp_path / "runs").glob("toy_low_nmi-*/summary.json")).read_text())
+    params = _client(tmp_path).get_run(summary["run_id"]).data.params
+    assert params["data_distinct_pairs"] == "40" and params["subset_size"] == "300"

@@ -152,3 +152,19 @@ def test_empty_frame_raises(tmp_path):
         write_report(make_grid().iloc[:0], tmp_path, AXES, title="Nothing")
     with pytest.raises(ValueError, match="empty"):
         cell_table(pd.DataFrame(), AXES, "eval/unseen/pair_top1")
+
+
+def test_a_diversity_axis_gets_its_slope_and_plot(tmp_path):
+    """Size x diversity (distinct pairs) grid: accuracy rises 0.002 per extra pair at every size."""
+    rng = np.random.default_rng(1)
+    rows = [{"size": size, "diversity": k, "seed": seed, "supervision": "language",
+             "eval/unseen/pair_top1": 0.2 + 0.002 * k + rng.normal(0, 0.005), "eval/seen/pair_top1": 0.5}
+            for size, k, seed in itertools.product((6400, 12800), (30, 60, 100), (0, 1, 2))]
+    runs = pd.DataFrame(rows)
+    axes = ["size", "diversity", "seed", "supervision"]
+    found = slopes(runs, axes, "eval/unseen/pair_top1", "diversity")
+    assert len(found) == 2 and (found["ci_low"] < 0.002).all() and (found["ci_high"] > 0.002).all()
+    written = write_report(runs, tmp_path, axes=axes, title="diversity")
+    assert "acc_vs_diversity.png" in written and "acc_vs_size.png" in written
+    assert Image.open(tmp_path / "acc_vs_diversity.png").size[0] > 300
+    assert "acc_vs_diversity.png" in (tmp_path / "report.md").read_text()
