@@ -139,7 +139,7 @@ def sweep_help() -> str:
     lines = ["usage: aotrain sweep [--print-config] recipe=NAME [KEY=VALUE ...]", "",
              "Run a grid of fits as MLflow child runs of one parent run, then write the sweep's report.",
              "Re-running the same sweep skips finished cells and resumes interrupted ones.", "", "sweep recipes:"]
-    lines += [f"  {r:<22}{describe('sweeps', r)}" for r in group_options("sweeps")]
+    lines += [f"  {r:<26}{describe('sweeps', r)}" for r in group_options("sweeps")]
     lines += ["", "options:"] + [f"  {k:<30}{v}" for k, v in SWEEP_OPTIONS]
     return "\n".join(lines)
 
