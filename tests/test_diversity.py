@@ -361,3 +361,18 @@ def test_filter_stats_prints_the_measures(tmp_path, capsys):
     assert "caption diversity   not counted" in capsys.readouterr().out
     fast_stats = json.loads((fast / "stats.json").read_text())
     assert fast_stats["caption_diversity"] is None and fast_stats["diversity"] == stats["diversity"]
+
+
+def test_generated_toy_world_pool_pair_levels(smoke_fit):
+    """The same guarantees on a pool aotrain generated (the smoke world's labelled captions)."""
+    labels = next((smoke_fit[0] / "toyworld").glob("toyworld-*/labels-*/labels.parquet"))
+    pool = load_labels(labels)
+    size = 250
+    reference = select_subset(*pool, size=size, nmi_target=0.3, seed=0).manifest
+    k_min, k_max = feasible_pairs_range(pair_counts(pool[1], pool[2], len(pool[3]), len(pool[4])), size, seed=0)
+    levels = [k for k in (25, 35, 50) if k_min <= k <= k_max]  # the smoke pool: 22 to 54
+    assert len(levels) == 3, (k_min, k_max)
+    subs = [select_subset(*pool, size=size, distinct_pairs=k, seed=0) for k in levels]
+    for k, sub in zip(levels, subs):
+        check_subset(sub, pool, size, k, reference["attribute_marginal"], reference["object_marginal"])
+    assert kept(subs[0]) < kept(subs[1]) < kept(subs[2])
