@@ -25,18 +25,15 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
+from aotrain.subset import pool_shards
+
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
 
 
 def list_shards(pool: str | Path) -> tuple[list[str], dict[str, int]]:
     """Shard paths of an img2dataset/DataComp-style pool folder and their sample counts (sizes.json; {} if absent)."""
-    pool = Path(pool)
-    if not pool.is_dir():
-        raise FileNotFoundError(f"pool folder not found: {pool}")
-    sizes_file = pool / "sizes.json"
-    shards = sorted(pool.glob("*.tar"))
-    if not shards:
-        raise FileNotFoundError(f"no .tar shards in {pool}")
+    shards = pool_shards(pool)  # the one check of a pool folder (aotrain/subset.py)
+    sizes_file = Path(pool) / "sizes.json"
     sizes = json.loads(sizes_file.read_text()) if sizes_file.exists() else {}
     return [str(s) for s in shards], {s.name: int(sizes[s.name]) for s in shards if s.name in sizes}
 
