@@ -12,6 +12,7 @@ code from someone else's file.
 """
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import torch
@@ -20,13 +21,53 @@ from aotrain import towers
 from evaluation.models import HeadModel, ZeroShotModel
 
 
-def _read(path: Path) -> dict:
-    if not path.is_file():
+def load_checkpoint_file(path, mmap: bool = False):
+    """torch.load(path, weights_only=True) of one checkpoint file, or one clear line saying why not.
+
+        ckpt = load_checkpoint_file("outputs/runs/RUN/checkpoints/last.ckpt")
+        load_checkpoint_file("empty.ckpt")   # ValueError: cannot read empty.ckpt as a checkpoint: the file is empty ...
+
+    FileNotFoundError for a missing file, ValueError for a folder, an empty file, a file that is not
+    a torch checkpoint (text, another format) or one cut short (an interrupted copy or save).
+    `mmap=True` maps the tensors instead of reading them: a cheap check of a large checkpoint.
+    aotrain eval, aotrain export and `aotrain fit resume=` read checkpoints through this function.
+    """
+    path = Path(path)
+    if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a checkpoint file (a sharded checkpoint: aotrain export {path})")
+    if path.stat().st_size == 0:
+        raise ValueError(f"cannot read {path} as a checkpoint: the file is empty (0 bytes; an interrupted save or copy?)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for files that are not checkpoints
-        raise ValueError(f"cannot read {path} as a torch checkpoint: {str(e).splitlines()[0]}") from None
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:  # torch raises many types (even IndexError, KeyError) for a damaged file
+        raise ValueError(f"cannot read {path} as a checkpoint: {_why_unreadable(path, e)}") from None
+
+
+def _why_unreadable(path: Path, error: Exception) -> str:
+    # torch's own messages for these cases are a bare byte value or an index error: say what the file is.
+    said = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head == b"PK":
+            return f"the file is cut short ({path.stat().st_size:,} bytes; an interrupted save or copy?)"
+        if head.startswith(b"\x80"):  # a pickle: torch's legacy format, which torch explains itself
+            return said
+        return "not a torch checkpoint (torch.save writes a zip archive)"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError):
+        damaged = "its index"
+    if damaged is not None:
+        return f"the file is damaged ({damaged} does not read back; an interrupted save or copy?)"
+    return said
+
+
+def _read(path: Path) -> dict:
+    return load_checkpoint_file(path)
 
 
 def _strip(state: dict, prefix: str) -> dict:

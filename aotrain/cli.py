@@ -8,6 +8,7 @@
     aotrain export CKPT_DIR [OUT.ckpt]           one file from a sharded DeepSpeed/FSDP checkpoint
     aotrain sweep recipe=NAME [KEY=VALUE ...]    a grid of fits under one MLflow parent run, then a report
     aotrain report sweep=NAME                    a sweep's tables, effect sizes with CIs and plots
+    aotrain sync RUN_DIR [--to URI]              send a run's MLflow journal (after a tracking outage)
     aotrain filter stats|label|select|reshard    caption statistics and subset selection
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ commands:
   sweep    a grid of fits (NMI x size x seed x supervision ...) as MLflow child runs of one parent,
            run here N at a time or on Slurm; skips finished cells when re-run; ends with the report
   report   a sweep's report: mean ± 95% CI per cell, effect sizes (slopes, CLIP minus supervised), plots
+  sync     send what a run's MLflow journal holds and its store does not (after a tracking outage)
   filter   caption-side tools: stats (NMI of a caption set), label (pairs per caption),
            select (subsets at a target NMI), reshard (shards holding exactly a subset),
            contamination (benchmark pairs found in a pool)
@@ -249,9 +251,13 @@ def main(argv: list[str] | None = None) -> int:
         from aotrain.export import export_main
 
         return export_main(args)
+    if command == "sync":
+        from aotrain.tracking_journal import sync_main
+
+        return sync_main(args)
     if command not in ("fit", "world", "eval", "sweep", "report"):
         print(f"aotrain: error: unknown command {command!r}; choose fit, world, eval, sweep, report, robustness, "
-              "export or filter (aotrain --help)", file=sys.stderr)
+              "export, sync or filter (aotrain --help)", file=sys.stderr)
         return 2
     if ("-h" in args or "--help" in args) and command != "report":
         print(eval_help() if command == "eval" else sweep_help() if command == "sweep" else command_help(command))
@@ -275,6 +281,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aotrain: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a signal stopped training at a step boundary, its checkpoint saved
+        from aotrain.callbacks.step_guard import Interrupted
+
+        if not isinstance(e, Interrupted):
+            raise
+        print(f"aotrain {command}: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
 
 
 if __name__ == "__main__":

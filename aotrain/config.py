@@ -67,9 +67,14 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "con
     overrides = _null_groups(overrides)
     try:
         with hydra.initialize_config_dir(config_dir=str(RECIPES_DIR), version_base="1.3"):
-            return hydra.compose(config_name=config_name, overrides=list(overrides))
+            cfg = hydra.compose(config_name=config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as e:
         message = _short(e)
+    else:
+        from aotrain.validate import check_values  # imports this module: a top-level import would be circular
+
+        check_values(cfg, config_name)  # types and ranges now, before any command writes anything
+        return cfg
     bad_key = re.search(r"Could not override '([^']+)'", message)
     if bad_key and overrides:  # name the keys that do exist where the user was aiming
         message = f"unknown config key '{bad_key.group(1)}'"

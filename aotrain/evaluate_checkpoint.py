@@ -21,8 +21,8 @@ from omegaconf import OmegaConf
 from aotrain.benchmarks import Benchmark
 from aotrain.checkpoints import evaluation_model, load_checkpoint, load_open_clip
 from aotrain.config import UserError, to_dict
-from aotrain.tracking import log_evaluation, read_run_pointer
-from data_filters.files import publish_dir, temp_dir_for
+from aotrain.tracking import check_store, log_evaluation, read_run_pointer
+from data_filters.files import OutputError, check_writable, publish_dir, temp_dir_for
 
 
 def _load_model(cfg):
@@ -67,6 +67,16 @@ def _out_dir(cfg, info, bench_name: str) -> Path:
     return Path(cfg.paths.root) / "eval" / f"{info['model_name']}-{source.stem}-{bench_name}"
 
 
+def _check_out(out: Path) -> None:
+    """The results folder can be written (it is published from a temporary folder beside it)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"out={out}: exists and is a file, not a folder")
+    try:
+        check_writable(out.parent)
+    except OutputError as e:
+        raise UserError(f"out={out}: {e}") from None
+
+
 def _device(spec: str) -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -104,9 +114,16 @@ def evaluate_checkpoint(cfg) -> dict:
     if cfg.log_to not in ("none", "new", "checkpoint"):  # before loading anything
         raise UserError(f"log_to={cfg.log_to}: choose none, new or checkpoint")
     device = _device(str(cfg.device))
+    if cfg.out:
+        _check_out(Path(cfg.out))  # before loading anything
     model, info = _load_model(cfg)
     pointer = _log_target(cfg, info)
+    if cfg.log_to != "none":  # the store must take the results: known now, not after the evaluation
+        check_store(pointer["tracking_uri"] if pointer else cfg.logger.tracking_uri,
+                    what="the checkpoint's tracking URI" if pointer else "logger.tracking_uri")
     section, bench_name = _section(cfg, info)
+    out = _out_dir(cfg, info, bench_name)
+    _check_out(out)  # the default lies beside the checkpoint: known only now, still before the evaluation
     try:
         benchmark = Benchmark.from_config(section, info["model_name"])
     except (FileNotFoundError, ValueError) as e:
@@ -116,7 +133,6 @@ def evaluate_checkpoint(cfg) -> dict:
     with torch.no_grad():
         result = benchmark.run(adapter, progress=True)
 
-    out = _out_dir(cfg, info, bench_name)
     tmp = temp_dir_for(out)
     try:
         result.write(tmp)

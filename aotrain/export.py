@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from data_filters.files import atomic_path
+from data_filters.files import atomic_path, check_writable
 
 FSDP_META = "meta.pt"          # lightning.fabric.utilities.load._METADATA_FILENAME
 DCP_METADATA = ".metadata"     # torch.distributed.checkpoint's index of the shards
@@ -83,10 +83,9 @@ def _strip_prefix(state: dict, prefix: str) -> dict:
 
 
 def _check_file(src: Path) -> None:
-    try:
-        ckpt = torch.load(src, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # torch raises several types for files that are not checkpoints
-        raise ValueError(f"cannot read {src} as a torch checkpoint: {str(e).splitlines()[0]}") from None
+    from aotrain.checkpoints import load_checkpoint_file  # imports open_clip: only when a file is exported
+
+    ckpt = load_checkpoint_file(src, mmap=True)  # an empty, text or cut-short file: one line
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ValueError(f"{src} is not a Lightning checkpoint (no state_dict)")
 
@@ -159,6 +158,7 @@ def export_checkpoint(src, dst=None, overwrite: bool = False) -> Path:
             raise ValueError(f"{dst} is a folder; name a file to write")
         if not overwrite:
             raise FileExistsError(f"{dst} already exists (pass --overwrite to replace it)")
+    check_writable(dst)  # before consolidating, which can take minutes
     if kind == "file":
         _check_file(src)
         with atomic_path(dst, ".ckpt") as tmp:

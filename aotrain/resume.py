@@ -16,8 +16,9 @@ non-deterministic kernels make it equal up to floating-point noise.
 
 Candidates: a Slurm requeue or a DDP child knows its run id (AOTRAIN_RUN_ID) and looks only there;
 otherwise the newest `<paths.root>/runs/<name>-*` folder without a summary.json (unfinished).
-In a folder, the newest of Lightning's hpc_ckpt_*.ckpt (saved on SIGUSR1 before a requeue) and
-checkpoints/last.ckpt wins.
+In a folder, the newest of checkpoints/interrupted-step*.ckpt (saved at the step boundary after a
+SIGTERM/SIGUSR1/SIGUSR2: aotrain/callbacks/step_guard.py), checkpoints/last.ckpt and Lightning's
+hpc_ckpt_*.ckpt (older runs) wins.
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ from aotrain.config import UserError
 
 
 def newest_checkpoint(run_dir: Path) -> Path | None:
-    found = [*run_dir.glob("hpc_ckpt_*.ckpt"), run_dir / "checkpoints" / "last.ckpt"]
+    found = [*run_dir.glob("hpc_ckpt_*.ckpt"), *(run_dir / "checkpoints").glob("interrupted-step*.ckpt"),
+             run_dir / "checkpoints" / "last.ckpt"]
     found = [p for p in found if p.exists()]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 

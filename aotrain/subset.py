@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from data_filters.files import write_text_atomic
-from data_filters.label import label_captions, load_labels
+from data_filters.files import no_empty_folders_on_error, write_text_atomic
+from data_filters.label import label_captions, load_labels, skipped_line
 from data_filters.nmi import joint_stats
 from data_filters.reshard import reshard
+from data_filters.samples import check_shard_file, read_shard
 from data_filters.select import pair_counts, select_subset, write_subset
-from data_filters.sources import tar_samples
 from data_filters.vocab import vocabulary_checksum
 
 
@@ -42,11 +42,19 @@ def _key(*parts) -> str:
 def pool_shards(pool: Path) -> list[Path]:
     """The pool's webdataset shards (sorted); ValueError when there are none."""
     pool = Path(pool)
+    if pool.exists() and not pool.is_dir():
+        raise ValueError(f"{pool} is a file, not a folder: give the folder that holds the pool's .tar shards")
     if not pool.is_dir():
         raise FileNotFoundError(f"pool folder not found: {pool} (a folder of webdataset .tar shards)")
     shards = sorted(pool.glob("*.tar"))
     if not shards:
         raise ValueError(f"no .tar shards in {pool}: give an img2dataset or DataComp output folder")
+    broken = [(s.name, why) for s in shards if (why := check_shard_file(s))]
+    if broken:  # cheap (first block only): a shard damaged further in is counted while it is read
+        named = "; ".join(f"{name}: {why}" for name, why in broken[:5])
+        more = f" (and {len(broken) - 5} more)" if len(broken) > 5 else ""
+        raise ValueError(f"{len(broken)} of {len(shards)} shards in {pool} cannot be used: {named}{more}; "
+                         "remove or re-download them")
     return shards
 
 
@@ -65,7 +73,7 @@ def uid_field(pool: Path) -> str:
     tables = sorted(Path(pool).glob("*.parquet"))
     if tables:
         return "uid" if "uid" in pq.ParquetFile(tables[0]).schema_arrow.names else "key"
-    for _, members in tar_samples(pool_shards(pool)[0]):
+    for _, members in read_shard(pool_shards(pool)[0], images=False):
         return "uid" if "uid" in json.loads(members.get("json", b"{}")) else "__key__"
     return "__key__"
 
@@ -87,16 +95,21 @@ def label_stage(pool: Path, vocab_spec: str, cache: Path) -> tuple[Path, dict]:
                       f"pool NMI {stats['nmi']:.3f})")
         return labels, stats
     _say("stats", f"labelling the captions of {len(files)} file(s) in {pool} -> {labels}")
-    folder.mkdir(parents=True, exist_ok=True)
-    column = uid_field(pool)
-    # Tables name their uid column; shards fall back from the json "uid" to the sample key by themselves.
-    counts = label_captions(files, vocab_spec, labels, uid_column=column if files[0].suffix == ".parquet" else None)
+    with no_empty_folders_on_error(Path(cache), folder):  # a failed start leaves no empty cache folder
+        folder.mkdir(parents=True, exist_ok=True)
+        column = uid_field(pool)
+        # Tables name their uid column; shards fall back from the json "uid" to the sample key by themselves.
+        counts = label_captions(files, vocab_spec, labels,
+                                uid_column=column if files[0].suffix == ".parquet" else None)
     uids, attr_idx, obj_idx, attributes, objects = load_labels(labels)
     table = pair_counts(attr_idx, obj_idx, len(attributes), len(objects))
-    stats = {**{k: counts[k] for k in ("captions", "labelled", "malformed")}, "uid_field": column,
+    stats = {**{k: counts[k] for k in ("captions", "labelled", "malformed", "skipped", "truncated_shards")},
+             "uid_field": column,
              "vocabulary": vocab_spec, **joint_stats(table)}
     write_text_atomic(stats_path, json.dumps(stats, indent=1) + "\n")
     _say("stats", f"{stats['labelled']:,} of {stats['captions']:,} captions name one pair; pool NMI {stats['nmi']:.3f}")
+    if counts["skipped"] or counts["truncated_shards"]:
+        _say("stats", skipped_line(counts["skipped"], counts["truncated_shards"]))
     return labels, stats
 
 
@@ -119,9 +132,10 @@ def select_stage(labels: Path, spec: dict, cache: Path) -> Path:
         _say("select", f"reusing the cached subset {folder / 'subset'}")
         return folder
     _say("select", f"selecting {spec['size']:,} samples at {words} -> {folder / 'subset'}")
-    chosen = select_subset(*load_labels(labels), size=spec["size"], nmi_target=spec["nmi"],
-                           distinct_pairs=spec.get("pairs"), seed=spec["seed"], tol=spec["tol"])
-    write_subset(chosen, folder / "subset", source=str(labels))
+    with no_empty_folders_on_error(folder.parent, folder):  # an infeasible target leaves no empty folder
+        chosen = select_subset(*load_labels(labels), size=spec["size"], nmi_target=spec["nmi"],
+                               distinct_pairs=spec.get("pairs"), seed=spec["seed"], tol=spec["tol"])
+        write_subset(chosen, folder / "subset", source=str(labels))
     return folder
 
 
@@ -149,4 +163,5 @@ def prepare_subset(pool: Path, vocab_spec: str, spec: dict, cache: Path,
     folder = select_stage(labels, spec, cache)
     shards = reshard_stage(Path(pool), folder, samples_per_shard, stats["uid_field"])
     manifest = json.loads((folder / "subset" / "manifest.json").read_text())
-    return shards, {**manifest, "pool": str(pool), "pool_nmi": stats["nmi"], "pool_labelled": stats["labelled"]}
+    return shards, {**manifest, "pool": str(pool), "pool_nmi": stats["nmi"], "pool_labelled": stats["labelled"],
+                    "pool_skipped": stats.get("skipped", {}), "pool_truncated_shards": stats.get("truncated_shards", [])}

@@ -5,25 +5,170 @@ store): `logger.tracking_uri` in the config, which defaults to $MLFLOW_TRACKING_
 sqlite:///<paths.root>/mlflow.db.  Open the UI on the default store with
 
     mlflow ui --backend-store-uri sqlite:///$PWD/outputs/mlflow.db
+
+Commands that log check the store first (`check_store`: reachable and writable within seconds, else
+one line and exit 2); a fit then logs through its journal (aotrain/tracking_journal.py), so a store
+that stops answering mid-run costs no training and no metric.
 """
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import MLFlowLogger
 
+from aotrain.config import UserError
+
 LOCAL_SCHEMES = ("sqlite:", "file:", "/")
+SERVER_SCHEMES = ("http", "https", "databricks", "databricks-uc", "uc")
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+CHECK_TIMEOUT_S = 5
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is global rank 0, from the launcher's environment (srun, torchrun,
+    Lightning's DDP children), before any Trainer exists: only rank 0 opens the store."""
+    if os.environ.get("NODE_RANK", "0") not in ("", "0"):
+        return False
+    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if os.environ.get(var, "") != "":
+            return os.environ[var] == "0"
+    return True
+
+
+@contextmanager
+def _env(values: dict):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _check_local_file(path: Path, what: str, uri: str, kind: str) -> None:
+    """The store file (or folder) can be written: its nearest existing folder takes a new file and an
+    existing store file opens for writing. Nothing is created."""
+    path = path.expanduser().absolute()
+    ancestor = path.parent if kind == "file" else path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(f"{what}={uri}: {ancestor} is a file, not a folder; the store cannot be created there")
+    try:
+        fd, probe = tempfile.mkstemp(dir=ancestor, prefix=".aotrain-store-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"{what}={uri}: cannot write in {ancestor} ({e.strerror or e})") from None
+    if kind == "file" and path.exists():
+        if not path.is_file():
+            raise UserError(f"{what}={uri}: {path} is not a file")
+        try:
+            with open(path, "r+b") as f:
+                head = f.read(16)
+        except OSError as e:
+            raise UserError(f"{what}={uri}: cannot write {path} ({e.strerror or e})") from None
+        if head and head != b"SQLite format 3\x00":
+            raise UserError(f"{what}={uri}: {path} is not an SQLite database")
+
+
+def check_store(uri: str, what: str = "logger.tracking_uri", timeout_s: float = CHECK_TIMEOUT_S) -> None:
+    """Stop with one line (UserError) unless the MLflow store at `uri` can take a run, within a few
+    seconds: a known scheme, a local file that can be written, a server or database that answers.
+
+        check_store("http://127.0.0.1:9")   # UserError: ... does not answer (Connection refused) ...
+    """
+    scheme = urlparse(uri).scheme.lower() if "://" in uri or uri.startswith("sqlite:") else ""
+    if scheme == "sqlite":
+        target = uri.split("sqlite:///", 1)[1] if uri.startswith("sqlite:///") else ""
+        if target and target != ":memory:":
+            _check_local_file(Path(target.split("?", 1)[0]), what, uri, "file")
+        return
+    if scheme in ("", "file"):
+        from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
+
+        if not MLFLOW_ALLOW_FILE_STORE.get():
+            raise UserError(f"{what}={uri}: MLflow {_mlflow_version()} no longer writes file stores; use "
+                            "sqlite:///PATH/mlflow.db or a server (http://HOST:PORT)")
+        _check_local_file(Path(urlparse(uri).path if scheme else uri), what, uri, "folder")
+        return
+    if scheme not in SERVER_SCHEMES + DATABASE_SCHEMES and "+" not in scheme:
+        raise UserError(f"{what}={uri}: MLflow has no store for scheme '{scheme}'; use sqlite:///PATH/mlflow.db, "
+                        "http(s)://HOST:PORT (mlflow server) or a database URL (postgresql://, mysql://, mssql://)")
+    _probe(uri, what, timeout_s)
+
+
+def _mlflow_version() -> str:
+    import mlflow
+
+    return mlflow.__version__
+
+
+def _probe(uri: str, what: str, timeout_s: float) -> None:
+    """One read request (search one experiment) with no retries, given `timeout_s` to answer; a database
+    URL is probed in a thread, as its driver has no such setting."""
+    import threading
+
+    from aotrain.tracking_journal import short_http_env, short_reason
+
+    outcome: dict = {}
+
+    def ask():
+        try:
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        except Exception as e:  # noqa: BLE001 - reported as one line below
+            outcome["error"] = e
+
+    started = time.time()
+    with _env(short_http_env(int(timeout_s))):
+        worker = threading.Thread(target=ask, daemon=True)
+        worker.start()
+        worker.join(2 * timeout_s)
+    if worker.is_alive():
+        raise UserError(f"{what}={uri}: the tracking store did not answer within {2 * timeout_s:.0f} s; "
+                        "start it or point MLFLOW_TRACKING_URI elsewhere")
+    error = outcome.get("error")
+    if error is None:
+        return
+    from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
+
+    if isinstance(error, UnsupportedModelRegistryStoreURIException):
+        raise UserError(f"{what}={uri}: MLflow has no store for this URI; use sqlite:///PATH/mlflow.db or "
+                        "http(s)://HOST:PORT (mlflow server)")
+    status = getattr(error, "get_http_status_code", lambda: 500)()
+    if status in (401, 403):
+        reason = "permission denied: set MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN"
+    else:
+        reason = f"{short_reason(error)} after {time.time() - started:.1f} s"
+    raise UserError(f"{what}={uri}: the tracking store does not answer ({reason}); start it "
+                    "(mlflow server --host 127.0.0.1 ...) or point MLFLOW_TRACKING_URI elsewhere")
 
 
 def make_logger(cfg, run_name: str, run_id: str | None = None) -> MLFlowLogger:
-    """The run's MLFlowLogger; with `run_id` (a resumed run) it continues that MLflow run."""
+    """The run's logger, started: its MLflow run exists (created, or `run_id`'s for a resumed run) and
+    it journals everything into the run folder before sending it (aotrain/tracking_journal.py)."""
+    from aotrain.tracking_journal import JournaledMLFlowLogger, short_reason, use_short_http
+
     uri = cfg.logger.tracking_uri
     local = uri.startswith(LOCAL_SCHEMES)
     if uri.startswith("sqlite:"):
         Path(uri.split("sqlite:///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True)
-    return MLFlowLogger(
+    # During the run a request fails within seconds instead of retrying for minutes: the journal
+    # keeps the rows and its sender retries, so training never waits on the store.
+    use_short_http(int(cfg.logger.get("request_timeout_s", 10)))
+    logger = JournaledMLFlowLogger(
         experiment_name=cfg.logger.experiment_name,
         tracking_uri=uri,
         run_name=run_name,
@@ -31,7 +176,21 @@ def make_logger(cfg, run_name: str, run_id: str | None = None) -> MLFlowLogger:
         artifact_location=str(cfg.logger.artifact_location) if local else None,
         log_model=False,
         run_id=run_id,
+        run_dir=cfg.paths.run_dir,
+        retry_s=float(cfg.logger.get("retry_s", 5)),
     )
+    try:
+        logger.start()
+    except Exception as e:  # noqa: BLE001 - the store went away since check_store: one line, before training
+        raise UserError(f"logger.tracking_uri={uri}: could not open the MLflow run ({short_reason(e)})") from None
+    return logger
+
+
+def close_logger(logger, cfg) -> int:
+    """Send what the journal still holds (waiting up to logger.final_wait_s for the store); returns the
+    rows left unsent, which `aotrain sync RUN_DIR` sends later."""
+    close = getattr(logger, "close", None)
+    return close(float(cfg.logger.get("final_wait_s", 60))) if close else 0
 
 
 def curated_params(cfg, world: dict | None, subset: dict | None, datamodule, module) -> dict:
@@ -81,11 +240,17 @@ def curated_params(cfg, world: dict | None, subset: dict | None, datamodule, mod
             "subset_source_pool": subset["pool"],
             "subset_source_pool_nmi": round(subset["pool_nmi"], 6),
             "subset_source_labelled": subset["pool_labelled"],
+            # samples of the pool the sample rule passed over before selection (data_filters/samples.py)
+            **{f"subset_source_skipped_{k}": v for k, v in subset.get("pool_skipped", {}).items()},
+            "subset_source_truncated_shards": len(subset.get("pool_truncated_shards", [])),
         })
     return params
 
 
 def log_artifacts(logger: MLFlowLogger, paths) -> None:
+    if hasattr(logger, "log_artifact_paths"):  # journaled: uploaded by the sender, replayed if the store is down
+        logger.log_artifact_paths(paths)
+        return
     for path in paths:
         path = Path(path)
         if path.is_dir():

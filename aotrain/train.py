@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -20,12 +21,16 @@ from omegaconf import OmegaConf
 from aotrain.benchmarks import Benchmark
 from aotrain.callbacks.evaluation import BenchmarkEvaluation
 from aotrain.callbacks.fault import fault_callbacks
+from aotrain.callbacks.step_guard import Interrupted, StepGuard, install_signal_flags
+from aotrain.checkpoints import load_checkpoint_file
 from aotrain.config import UserError, instantiate, resolve, to_dict
 from aotrain.parity import RECORD, differences, flat_params, load_record, parity_record
 from aotrain.subset import pool_shards, prepare_subset
 from aotrain.toyworld import generate_world, load_world
 from aotrain.resume import find_resume
-from aotrain.tracking import curated_params, log_artifacts, make_logger, read_run_pointer, write_run_pointer
+from aotrain.tracking import (check_store, close_logger, curated_params, is_rank_zero, log_artifacts, make_logger,
+                              read_run_pointer, write_run_pointer)
+from data_filters.files import OutputError, check_writable
 
 
 def _launch_id() -> str:
@@ -44,6 +49,7 @@ def prepare(cfg) -> tuple[dict | None, dict | None]:
     Returns (the toy world's facts or None, the subset's manifest or None).
     """
     cfg.run_id = cfg.run_id or _launch_id()
+    _check_writable_paths(cfg)  # before the world, the cache or the run folder is made
     world = None
     if cfg.get("world") is not None:
         if "objects" not in cfg.world:  # `~world` dropped the group but a recipe re-added a piece
@@ -77,7 +83,20 @@ def _select(pool: Path, vocabulary: str, cache: Path, cfg) -> tuple[Path, dict]:
     try:
         return prepare_subset(pool, vocabulary, spec, cache, cfg.subset.samples_per_shard)
     except (ValueError, FileNotFoundError) as e:  # InfeasibleTarget names the feasible range
+        if getattr(e, "largest_size", None):  # fit has no way to upsample: name the size that works
+            raise UserError(f"subset.size={spec['size']}: the pool has {e.largest_size:,} labelled samples, "
+                            f"so subset.size can be at most {e.largest_size}") from None
         raise UserError(f"subset: {e}") from None
+
+
+def _check_writable_paths(cfg) -> None:
+    """Every folder fit and world write under (paths.*) can be written: one line naming the key if not."""
+    for key in ("root", "world_root", "cache", "run_dir"):
+        if key in cfg.paths:
+            try:
+                check_writable(Path(str(cfg.paths[key])))
+            except OutputError as e:
+                raise UserError(f"paths.{key}: {e}") from None
 
 
 def _require_real_paths(cfg) -> None:
@@ -141,6 +160,7 @@ def build_callbacks(cfg, run_dir: Path) -> list:
                         monitor=cfg.eval.checkpoint_monitor, mode="max", save_top_k=1,
                         every_n_train_steps=every),
         LearningRateMonitor(logging_interval="step"),
+        StepGuard(str(run_dir), max_bad_fraction=cfg.data.max_bad_fraction, error_log=cfg.data.error_log),
     ]
 
 
@@ -156,6 +176,12 @@ def _resume(cfg) -> tuple[Path | None, dict | None]:
     prefix = f"{cfg.name}-"
     if not run_dir.name.startswith(prefix):
         raise UserError(f"resume: {run_dir} is not a run of {cfg.name} (its folder must be {prefix}<id>)")
+    if ckpt.is_file():  # a sharded (DeepSpeed/FSDP) checkpoint is a folder: Lightning reads it
+        try:
+            load_checkpoint_file(ckpt, mmap=True)  # maps the tensors: cheap even for a large model
+        except (ValueError, FileNotFoundError) as e:
+            raise UserError(f"resume: {e}; delete it to resume from an older checkpoint, or give "
+                            "resume=<another .ckpt>") from None
     cfg.run_id = run_dir.name[len(prefix):]
     os.environ["AOTRAIN_RUN_ID"] = cfg.run_id  # DDP children continue the same folder
     print(f"resume: continuing {run_dir} from {ckpt.name}", file=sys.stderr, flush=True)
@@ -164,6 +190,11 @@ def _resume(cfg) -> tuple[Path | None, dict | None]:
 
 def fit(cfg) -> dict:
     """Train and evaluate one config; returns (and writes to <run_dir>/summary.json) where things are."""
+    # From here a SIGTERM/SIGUSR1/SIGUSR2 only sets a flag; training stops at a step boundary with a
+    # checkpoint (aotrain/callbacks/step_guard.py), or before its first step if it came during set-up.
+    install_signal_flags()
+    if is_rank_zero():  # the store answers and can be written, before any world, subset or run folder
+        check_store(cfg.logger.tracking_uri)
     ckpt, pointer = _resume(cfg)
     world, subset = prepare(cfg)
     run_dir = Path(cfg.paths.run_dir)
@@ -194,7 +225,16 @@ def fit(cfg) -> dict:
         (run_dir / RECORD).write_text(json.dumps(parity, indent=1) + "\n")
         logger.log_hyperparams({**curated_params(cfg, world, subset, datamodule, module), **flat_params(parity)})
         write_run_pointer(run_dir, cfg.logger.tracking_uri, logger)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
+    except Interrupted as stop:
+        if trainer.is_global_zero and not stop.requeued:
+            logger.finalize("KILLED")  # Lightning marked it FAILED; a signal is not a failure
+        raise
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(signum, signal.SIG_DFL)  # after training, a signal stops the process as usual
+    skipped = next(c for c in callbacks if isinstance(c, StepGuard)).describe_skipped()
     if not trainer.is_global_zero:
         return {}
 
@@ -210,11 +250,13 @@ def fit(cfg) -> dict:
         "best_checkpoint": checkpoint.best_model_path,
         "steps": trainer.global_step,
         "metrics": evaluation.headline() if evaluation else {},
+        "data_skipped": skipped,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     subset_manifest = Path(cfg.data.pool).parent / "subset" / "manifest.json"  # when a subset was selected
     log_artifacts(logger, [run_dir / "config.yaml", run_dir / "summary.json", run_dir / RECORD, run_dir / "eval",
                            subset_manifest])
+    close_logger(logger, cfg)  # a store still down: the journal keeps the rows for `aotrain sync`
     return summary
 
 
@@ -226,5 +268,7 @@ def format_summary(summary: dict) -> str:
         f"checkpoint    {summary['last_checkpoint']}",
         f"run folder    {summary['run_dir']}",
     ]
+    if summary.get("data_skipped"):
+        lines.append(f"data          {summary['data_skipped']}")
     lines += [f"{k:<28}{v:.4f}" for k, v in summary["metrics"].items()]
     return "\n".join(lines)

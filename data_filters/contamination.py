@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_path, write_text_atomic
+from .files import atomic_path, check_output, write_text_atomic
 from .counts import count_captions
 from .parse import CaptionParser
 from .sources import add_caption_arguments, iter_captions
@@ -115,11 +115,15 @@ def contamination_main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab", default=None, metavar="SPEC", help="vocabulary (default: the benchmark's own names)")
     p.add_argument("--report", default=None, metavar="FILE.json", help="write the per-pair counts here")
     p.add_argument("--keep-uids", default=None, metavar="FILE.npy", help="write the sorted uids of clean captions")
+    p.add_argument("--overwrite", action="store_true", help="replace existing --report / --keep-uids files")
     try:
         args = p.parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
     try:
+        for out in (args.report, args.keep_uids):
+            if out:
+                check_output(Path(out), args.overwrite, kind="file")
         hits, clean, totals = scan(args.sources, args.benchmark, args.vocab, args.window, args.uid_column,
                                    args.caption_column)
     except (FileNotFoundError, ValueError) as e:

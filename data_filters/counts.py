@@ -27,6 +27,7 @@ import numpy as np
 from .diversity import DistinctCounter, TemplateMasker, pair_diversity
 from .nmi import joint_stats
 from .parse import CaptionParser
+from .workers import tied_to_parent
 
 
 class PairCounts:
@@ -222,7 +223,9 @@ def count_files(paths, vocab_spec: str, workers: int = 2, window: int = 2, capti
     vocab = load_vocabulary(vocab_spec)  # fails fast on a bad spec, in the parent
     total = PairCounts(vocab.attributes, vocab.objects, caption_diversity)
     # fork: children inherit the imports; data_filters never loads torch, so forking is safe.
-    with multiprocessing.get_context("fork").Pool(workers, _init_worker, (vocab_spec, window)) as pool:
+    # tied_to_parent: workers of a killed run would otherwise live on, blocked on the task queue.
+    tie = tied_to_parent(_init_worker, (vocab_spec, window))
+    with multiprocessing.get_context("fork").Pool(workers, **tie) as pool:
         for part in pool.imap(_count_file, jobs):
             total.merge(part)
     return total

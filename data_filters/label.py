@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .diversity import TemplateMasker, caption_key
-from .files import atomic_path
+from .files import atomic_path, check_output
 from .parse import CaptionParser
 from .sources import add_caption_arguments, iter_captions
 from .vocab import load_vocabulary
@@ -66,7 +66,17 @@ def label_captions(sources, vocab_spec: str, out: Path, window: int = 2, uid_col
         if labelled == 0:
             raise ValueError(f"no caption with exactly one attribute-object pair among {n:,} "
                              f"({stream.malformed:,} malformed rows): check --vocab and --caption-column")
-    return {"captions": n, "labelled": labelled, "malformed": stream.malformed, "out": str(out)}
+    return {"captions": n, "labelled": labelled, "malformed": stream.malformed, "out": str(out),
+            "skipped": dict(stream.skipped), "truncated_shards": sorted(set(stream.truncated))}
+
+
+def skipped_line(skipped: dict, truncated: list) -> str:
+    """'skipped samples: 1 bad_image, 1 no_caption; truncated shards: shard-000003.tar' (what a shard-reading
+    stage passed over by the sample rule, data_filters/samples.py)."""
+    parts = [f"skipped samples: {', '.join(f'{v:,} {k}' for k, v in sorted(skipped.items()))}"] if skipped else []
+    if truncated:
+        parts.append(f"truncated shards (samples before the damage kept): {', '.join(Path(t).name for t in truncated)}")
+    return "; ".join(parts)
 
 
 def load_labels(path):
@@ -110,14 +120,15 @@ def label_main(argv: list[str] | None = None) -> int:
                                 epilog="vocabulary specs: builtin | benchmark:DIR | world:PATH | FILE.yaml|.txt")
     add_caption_arguments(p)
     p.add_argument("--vocab", default="builtin", metavar="SPEC", help="vocabulary (default: builtin)")
-    p.add_argument("--out", required=True, metavar="FILE.parquet", help="labels file to write")
+    p.add_argument("--out", required=True, metavar="FILE.parquet", help="labels file to write (must not exist "
+                   "unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     try:
         args = p.parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
     try:
-        if Path(args.out).exists():
-            raise ValueError(f"output {args.out} already exists")
+        check_output(Path(args.out), args.overwrite, kind="file")
         done = label_captions(args.sources, args.vocab, Path(args.out), args.window, args.uid_column,
                               args.caption_column)
     except (FileNotFoundError, ValueError) as e:
@@ -125,6 +136,8 @@ def label_main(argv: list[str] | None = None) -> int:
         return 2
     print(f"captions {done['captions']:,}  labelled {done['labelled']:,} "
           f"({done['labelled'] / done['captions']:.1%})  malformed {done['malformed']:,}  -> {done['out']}")
+    if done["skipped"] or done["truncated_shards"]:
+        print(skipped_line(done["skipped"], done["truncated_shards"]))
     return 0
 
 

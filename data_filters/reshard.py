@@ -41,16 +41,22 @@ def _index(shards, wanted: set, uid_field: str) -> dict:
     for shard in shards:
         samples: dict[str, list] = {}
         uid_of: dict[str, str] = {}
-        with tarfile.open(shard, "r:") as tar:  # "r:" = uncompressed only: offsets must be seekable
-            for info in tar:
-                if not info.isfile():
-                    continue
-                key, ext = _split(info.name)
-                samples.setdefault(key, []).append((ext, info.offset_data, info.size))
-                if uid_field != "__key__" and ext == "json":
-                    meta = json.loads(tar.extractfile(info).read())
-                    if uid_field in meta:
-                        uid_of[key] = str(meta[uid_field])
+        try:
+            with tarfile.open(shard, "r:") as tar:  # "r:" = uncompressed only: offsets must be seekable
+                for info in tar:
+                    if not info.isfile():
+                        continue
+                    key, ext = _split(info.name)
+                    samples.setdefault(key, []).append((ext, info.offset_data, info.size))
+                    if uid_field != "__key__" and ext == "json":
+                        meta = json.loads(tar.extractfile(info).read())
+                        if uid_field in meta:
+                            uid_of[key] = str(meta[uid_field])
+        except (tarfile.ReadError, EOFError, ValueError):
+            # A truncated shard: the samples before the damage are indexed (labelling read those too,
+            # by data_filters/samples.py); a uid cut off is reported as missing below.
+            if samples:
+                samples.pop(next(reversed(samples)))  # the sample being read when the shard ended
         for key, members in samples.items():
             uid = key if uid_field == "__key__" else uid_of.get(key)
             if uid in wanted and uid not in found:

@@ -67,7 +67,15 @@ from data_filters.nmi import joint_stats
 
 
 class InfeasibleTarget(ValueError):
-    """The pool cannot give a subset of that size (and marginals) at the requested NMI."""
+    """The pool cannot give a subset of that size (and marginals) at the requested NMI.
+
+    `largest_size` is set when the size alone is the problem: the most samples the pool can give
+    without repeats (each front end names its own way to upsample, or none).
+    """
+
+    def __init__(self, message: str, largest_size: int | None = None):
+        super().__init__(message)
+        self.largest_size = largest_size
 
 
 @dataclass
@@ -334,7 +342,9 @@ def _targets(counts, size, allow_repeats, marginals):
     if size < 1:
         raise ValueError(f"size must be a positive integer, got {size}")
     if not allow_repeats and size > counts.sum():
-        raise InfeasibleTarget(f"size {size} exceeds the pool ({int(counts.sum())} samples); use allow_repeats to upsample")
+        n = int(counts.sum())
+        raise InfeasibleTarget(f"size {size} exceeds the pool: it has {n:,} labelled samples, so the largest size "
+                               f"without repeats is {n}", largest_size=n)
     ra, co = marginals if marginals is not None else (counts.sum(1), counts.sum(0))
     r, c = largest_remainder(ra, size), largest_remainder(co, size)
     return counts, r, c, _capacity(counts, allow_repeats)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_filters.files import check_output
 from data_filters.label import load_caption_keys, load_labels
 from data_filters.nmi import NORMALISERS
 
@@ -41,7 +42,8 @@ def _select_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, required=True, help="samples per subset")
     p.add_argument("--nmi", type=float, nargs="+", metavar="TARGET", help="NMI target(s) in [0, 1]")
     p.add_argument("--pairs", type=int, metavar="K", help="exactly K distinct attribute-object pairs")
-    p.add_argument("--out", required=True, help="output folder (must not exist)")
+    p.add_argument("--out", required=True, help="output folder (must not exist, or be empty, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.add_argument("--seed", type=int, default=0,
                    help="seed for which pairs are kept (--pairs) and which uids fill each pair (default 0)")
     p.add_argument("--free-marginals", action="store_true",
@@ -58,7 +60,7 @@ def _tv(p: dict, q: dict) -> float:
 
 def select_main(argv=None) -> int:
     """`aotrain filter select`: returns the exit code."""
-    from data_filters.select import select_many, write_subset, write_subsets
+    from data_filters.select import InfeasibleTarget, select_many, write_subset, write_subsets
 
     args = _select_parser().parse_args(argv)
     try:
@@ -66,18 +68,19 @@ def select_main(argv=None) -> int:
             raise ValueError(f"--size must be positive, got {args.size}")
         if args.nmi is None and args.pairs is None:
             raise ValueError("give --nmi, --pairs or both")
-        if Path(args.out).exists():
-            raise ValueError(f"output {args.out} already exists")
+        check_output(Path(args.out), args.overwrite)
+        replace = Path(args.out).exists()  # allowed by check_output: --overwrite, or an empty folder
         pool = load_labels(args.labels)
         subs = select_many(*pool, size=args.size, nmi_targets=args.nmi, seed=args.seed, normaliser=args.normaliser,
                            fixed_marginals=not args.free_marginals, allow_repeats=args.allow_repeats, tol=args.tol,
                            distinct_pairs=args.pairs, caption_keys=load_caption_keys(args.labels))
         if len(subs) == 1:
-            write_subset(subs[0], args.out, source=os.path.abspath(args.labels))
+            write_subset(subs[0], args.out, source=os.path.abspath(args.labels), overwrite=replace)
         else:
-            write_subsets(subs, args.out, source=os.path.abspath(args.labels))
+            write_subsets(subs, args.out, source=os.path.abspath(args.labels), overwrite=replace)
     except (ValueError, OSError) as e:  # InfeasibleTarget is a ValueError
-        print(f"aotrain filter select: {e}", file=sys.stderr)
+        hint = "; --allow-repeats upsamples" if isinstance(e, InfeasibleTarget) and e.largest_size else ""
+        print(f"aotrain filter select: {e}{hint}", file=sys.stderr)
         return 2
     print(_region(subs[0].manifest, args))
     first = subs[0].manifest
@@ -108,7 +111,8 @@ def _reshard_parser() -> argparse.ArgumentParser:
                                 description="Copy the samples of a subset (.npy of uids) into new webdataset shards.")
     p.add_argument("subset", help="subset.npy from `aotrain filter select` (repeats allowed)")
     p.add_argument("--shards", required=True, help="folder of .tar shards, or a glob such as 'pool/shard-*.tar'")
-    p.add_argument("--out", required=True, help="output folder (must not exist)")
+    p.add_argument("--out", required=True, help="output folder (must not exist, or be empty, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.add_argument("--samples-per-shard", type=int, default=5000, help="samples per output shard (default 5000)")
     p.add_argument("--uid-field", default="uid", help="json field holding the uid, or __key__ (default uid)")
     return p
@@ -128,15 +132,16 @@ def reshard_main(argv=None) -> int:
 
     args = _reshard_parser().parse_args(argv)
     try:
-        if Path(args.out).exists():
-            raise ValueError(f"output {args.out} already exists")
+        check_output(Path(args.out), args.overwrite)
+        replace = Path(args.out).exists()  # allowed by check_output: --overwrite, or an empty folder
         if not Path(args.subset).is_file():
             raise ValueError(f"subset file not found: {args.subset}")
         try:
             uids = np.load(args.subset, allow_pickle=False)
         except Exception as e:
             raise ValueError(f"cannot read {args.subset} as a .npy uid array: {e}") from None
-        info = reshard(_shard_list(args.shards), uids, args.out, args.samples_per_shard, args.uid_field)
+        info = reshard(_shard_list(args.shards), uids, args.out, args.samples_per_shard, args.uid_field,
+                       overwrite=replace)
     except (ValueError, OSError, tarfile.TarError) as e:  # a corrupt shard is a bad input too
         print(f"aotrain filter reshard: {e}", file=sys.stderr)
         return 2

@@ -6,20 +6,25 @@ Formats by file name: .parquet/.pq, .arrow/.feather/.ipc, .csv, .tsv, .tar/.tar.
 A directory stands for every supported file under it (sorted, recursive).
 uid: `uid_column` if given; otherwise a "uid" column/json field when present, else
 "<file name>:<row>" (tables) or the sample key (shards; uid_column="__key__" forces the key).
-caption: `caption_column` (tables, default "caption"); shards use the .txt member, falling back
-to that json field. Null, empty or undecodable captions are counted in `.malformed`, not yielded.
+caption: `caption_column` (tables, default "caption"); shards use the .txt member only, by the
+sample rule the training stream applies (data_filters/samples.py: a sample without a readable image
+or caption is counted in `.skipped` by kind). Null, empty or undecodable captions are counted in
+`.malformed`, not yielded; truncated shards are listed in `.truncated` after the samples before the damage.
 A table with a "status" column (img2dataset's metadata: one row per URL) yields only its "success"
 rows; the rest are counted in `.not_downloaded`.
 """
 from __future__ import annotations
 
+import csv
 import json
-import tarfile
+from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+
+from data_filters.samples import read_caption, read_shard, sample_problem
 
 TABLE_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow", ".feather": "arrow",
                   ".ipc": "arrow", ".csv": "csv", ".tsv": "tsv"}
@@ -60,6 +65,8 @@ class CaptionStream:
         self.files = expand_paths(path_or_paths)
         self.uid_column, self.caption_column = uid_column, caption_column
         self.malformed = 0
+        self.skipped = Counter()  # shards: samples that break the sample rule, by kind (samples.KINDS)
+        self.truncated: list[str] = []  # shards that ended inside a member (their samples before it are read)
         self.not_downloaded = 0
         self.rows = 0
 
@@ -98,22 +105,14 @@ class CaptionStream:
                 reader = pa.ipc.open_stream(source)
                 batches = lambda cols: (b.select(cols) for b in reader)
             return reader.schema.names, batches
-        # CSV/TSV: caption read as bytes so one undecodable row is counted, not fatal;
-        # rows with the wrong number of fields are skipped and counted as malformed.
-        def bad_row(_row):
+        # CSV/TSV: one row per line (csv_rows), caption kept as bytes so one undecodable row is
+        # counted, not fatal; lines that do not parse are skipped and counted as malformed.
+        delimiter = "\t" if fmt == "tsv" else ","
+        names = csv_header(path, delimiter)
+        def bad_line():
             self.malformed += 1
-            return "skip"
-        parse = pacsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",", invalid_row_handler=bad_row,
-                                   newlines_in_values=True)
-        # the header read parses a first block too: skip bad rows there without counting them twice
-        head_parse = pacsv.ParseOptions(delimiter=parse.delimiter, invalid_row_handler=lambda _r: "skip",
-                                        newlines_in_values=True)
-        names = pacsv.open_csv(path, parse_options=head_parse).schema.names
         def batches(cols):
-            types = {c: pa.string() for c in cols}
-            types[self.caption_column] = pa.binary()
-            conv = pacsv.ConvertOptions(include_columns=cols, column_types=types)
-            return pacsv.open_csv(path, parse_options=parse, convert_options=conv)
+            return csv_batches(path, delimiter, names, cols, self.caption_column, bad_line)
         return names, batches
 
     def _table(self, path: Path, fmt: str):
@@ -152,8 +151,16 @@ class CaptionStream:
 
     # ------------------------------------------------------------ webdataset shards
     def _shard(self, path: Path):
+        """Usable samples only, by data_filters/samples.py's rule (the training stream's): caption from
+        the .txt, an image whose header PIL reads; the rest counted in `.skipped` (and `.malformed`)."""
         first = True
-        for key, members in tar_samples(path):
+        for key, members in read_shard(path, on_truncated=lambda shard, _why: self.truncated.append(shard)):
+            self.rows += 1
+            problem = sample_problem(members)
+            if problem is not None:
+                self.skipped[problem] += 1
+                self.malformed += 1
+                continue
             meta = {}
             if "json" in members:
                 try:
@@ -163,10 +170,6 @@ class CaptionStream:
             if first and self.uid_column not in (None, "__key__") and self.uid_column not in meta:
                 raise ValueError(f"{path}: no json field {self.uid_column!r}; available: {', '.join(meta) or 'none (no .json)'}")
             first = False
-            caption = members.get("txt", meta.get(self.caption_column))
-            caption = self._clean(caption)
-            if caption is None:
-                continue
             if self.uid_column == "__key__":
                 uid = key
             elif self.uid_column:
@@ -176,32 +179,70 @@ class CaptionStream:
                     continue
             else:
                 uid = meta.get("uid", key)
-            yield str(uid), caption
+            yield str(uid), read_caption(members)
 
 
-def tar_samples(path: Path):
-    """(key, {extension: bytes}) per webdataset sample; members of one sample are consecutive."""
-    key, members = None, {}
+# ------------------------------------------------------------ CSV / TSV, one row per line
+# Caption tables hold one caption per line. A quote left open (`1,"a red fox`) would otherwise make a
+# CSV parser read on, across lines, to the next quote and glue the rows between into one caption
+# (pyarrow does so whatever newlines_in_values says). So each line is parsed on its own: a line
+# whose quotes do not close, or whose field count differs from the header's, is one malformed row,
+# and the next line is a row again. A quoted caption spanning lines is counted as malformed too.
+
+def _parse_line(text: str, delimiter: str) -> list[str] | None:
+    if '"' not in text:  # the common case, and exactly what the csv module would return
+        return text.split(delimiter)
     try:
-        with tarfile.open(path, "r|*") as tar:
-            for info in tar:
-                if not info.isfile():
-                    continue
-                folder, _, base = info.name.rpartition("/")
-                stem, dot, ext = base.partition(".")  # webdataset: key = up to the first dot
-                if not dot:
-                    continue
-                k = f"{folder}/{stem}" if folder else stem
-                if k != key and members:
-                    yield key, members
-                    members = {}
-                key = k
-                if ext in ("txt", "json"):  # images are skipped unread
-                    members[ext] = tar.extractfile(info).read()
-    except tarfile.ReadError as e:
-        raise ValueError(f"{path}: not a readable tar shard: {e}") from None
-    if members:
-        yield key, members
+        return next(csv.reader([text], delimiter=delimiter, strict=True))
+    except csv.Error:  # an unterminated quote, or text after a closing quote
+        return None
+
+
+def _lines(path: Path):
+    """(line number, text) of each non-empty line; bytes that are not UTF-8 kept as surrogates."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            text = raw.rstrip(b"\r\n").decode("utf-8", "surrogateescape")
+            if text.strip():
+                yield number, text
+
+
+def csv_header(path: Path, delimiter: str) -> list[str]:
+    """The column names of a CSV/TSV file (its first non-empty line); ValueError for an unreadable one."""
+    for number, text in _lines(path):
+        fields = _parse_line(text.lstrip("\ufeff"), delimiter)
+        if fields is None or not all(fields):
+            raise ValueError(f"{path}: cannot read the header (line {number}): {text[:200]!r}")
+        return [_text(f) for f in fields]
+    raise ValueError(f"{path}: empty file (no header line)")
+
+
+def _text(field: str) -> str:
+    return field.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def csv_batches(path: Path, delimiter: str, names: list[str], cols: list[str], caption_column: str,
+                on_malformed) -> Iterator[pa.RecordBatch]:
+    """Record batches of `cols` (caption as binary, the rest as strings), one row per parsed line
+    after the header; `on_malformed()` is called once per line that is not a row."""
+    where = [names.index(c) for c in cols]
+    types = [pa.binary() if c == caption_column else pa.string() for c in cols]
+    columns: list[list] = [[] for _ in cols]
+    lines = _lines(path)
+    next(lines, None)  # the header
+    for _, text in lines:
+        fields = _parse_line(text, delimiter)
+        if fields is None or len(fields) != len(names):
+            on_malformed()
+            continue
+        for column, i, kind in zip(columns, where, types):
+            value = fields[i]
+            column.append(value.encode("utf-8", "surrogateescape") if kind == pa.binary() else _text(value))
+        if len(columns[0]) == BATCH_ROWS:
+            yield pa.record_batch([pa.array(c, t) for c, t in zip(columns, types)], names=cols)
+            columns = [[] for _ in cols]
+    if columns[0]:
+        yield pa.record_batch([pa.array(c, t) for c, t in zip(columns, types)], names=cols)
 
 
 def iter_captions(path_or_paths, uid_column: str | None = None, caption_column: str = "caption") -> CaptionStream:

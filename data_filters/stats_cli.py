@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from .counts import count_files
-from .files import write_text_atomic
+from .files import check_output, write_text_atomic
 from .nmi import NORMALISERS
 from .sources import add_caption_arguments
 
@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "information between attributes and objects.")
     add_caption_arguments(p)
     p.add_argument("--vocab", default="builtin", metavar="SPEC", help="vocabulary (default: builtin)")
-    p.add_argument("--out", default="filter_stats", metavar="DIR", help="output folder (default: ./filter_stats)")
+    p.add_argument("--out", default="filter_stats", metavar="DIR",
+                   help="output folder (default: ./filter_stats); must not exist, or be empty, unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace the results in an existing --out folder")
     p.add_argument("--workers", type=int, default=2, metavar="N", help="processes, one file per task (default: 2)")
     p.add_argument("--normaliser", default="arithmetic", choices=NORMALISERS, help="NMI normaliser (default: arithmetic)")
     p.add_argument("--top", type=int, default=10, metavar="K", help="rows of the joint table to print (default: 10)")
@@ -85,6 +87,7 @@ def summary(stats: dict, top: list[tuple[str, str, int]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output(Path(args.out), args.overwrite)  # before counting, which can take hours on a real pool
     counts = count_files(args.sources, args.vocab, workers=args.workers, window=args.window,
                          caption_diversity=not args.no_caption_diversity, uid_column=args.uid_column,
                          caption_column=args.caption_column)

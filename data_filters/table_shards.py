@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from data_filters.files import add_tar_member, publish_dir, temp_dir_for
+from data_filters.files import add_tar_member, check_output, publish_dir, temp_dir_for
 from data_filters.sources import CaptionStream, expand_paths, file_format
 
 PROG = "aotrain filter table-shards"
@@ -335,6 +335,7 @@ def table_shards_main(argv=None) -> int:
     """`aotrain filter table-shards TABLE OUT_DIR [...]`: returns the exit code."""
     args = _parser().parse_args(argv)
     try:
+        check_output(Path(args.out_dir), args.overwrite)  # the filter commands' one rule, before any work
         uids = None if args.subset is None else load_uids(args.subset)
         info = table_to_shards(args.table, args.out_dir, image_column=args.image_column,
                                caption_column=args.caption_column, uid_column=args.uid_column,

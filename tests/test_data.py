@@ -4,6 +4,7 @@ import yaml
 
 from aotrain.config import RECIPES_DIR
 from aotrain.data.datamodule import ShardDataModule
+from aotrain.data.shard_stream import SKIP_COLUMNS
 from aotrain.toyworld import generate_world
 
 
@@ -44,9 +45,9 @@ def test_loader_batches_are_full_and_shaped_for_the_model(pool):
     loader = _datamodule(pool).train_dataloader()
     batches = list(loader)
     assert len(batches) == 300 // 32  # drop_last: no short batch
-    images, tokens, dropped = batches[0]
+    images, tokens, skipped = batches[0]
     assert images.shape == (32, 3, 32, 32) and tokens.shape == (32, 32)
-    assert dropped.tolist() == [0] * 32  # no label rule without a vocabulary
+    assert skipped.shape == (32, len(SKIP_COLUMNS)) and skipped.sum() == 0  # a clean pool, no label rule
     assert loader.dataset.epoch == 1
 
 

@@ -18,20 +18,21 @@ from torch.utils.data import DataLoader, Dataset
 
 from aotrain.checkpoints import load_checkpoint
 from aotrain.export import default_destination, detect_format, export_checkpoint, export_main
+from aotrain.data.shard_stream import SKIP_COLUMNS
 from aotrain.modules.clip import CLIPModule
 
 OPTIM = {"lr": 1e-3, "weight_decay": 0.1}
 
 
 class _Batches(Dataset):
-    """(images [3,32,32], tokens [32] long, dropped long) as CLIPModule.training_step unpacks them."""
+    """(images [3,32,32], tokens [32] long, skipped counts long) as CLIPModule.training_step unpacks them."""
 
     def __len__(self):
         return 16
 
     def __getitem__(self, i):
         g = torch.Generator().manual_seed(i)
-        return torch.rand(3, 32, 32, generator=g), torch.randint(1, 100, (32,), generator=g), torch.tensor(0)
+        return torch.rand(3, 32, 32, generator=g), torch.randint(1, 100, (32,), generator=g), torch.zeros(len(SKIP_COLUMNS), dtype=torch.long)
 
 
 def _trainer(**kw) -> L.Trainer:

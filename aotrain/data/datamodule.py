@@ -8,6 +8,7 @@
       require_label: true           # drop samples whose caption names no single pair (both twins alike)
       targets: captions             # captions (CLIP) | labels (the supervised twin)
       resampled: false              # true: shards drawn with replacement, samples_per_epoch per epoch
+      max_bad_fraction: 0.001       # bad samples (skipped, counted, logged) tolerated before the run stops
 
 Its state (epoch, batches trained in it) goes into every checkpoint, so a resumed run continues
 at the next sample of its epoch (aotrain/data/shard_stream.py says how).
@@ -25,7 +26,8 @@ class ShardDataModule(L.LightningDataModule):
     def __init__(self, pool: str, model_name: str, batch_size: int = 128, num_workers: int = 2,
                  shuffle_buffer: int = 1000, seed: int = 0, vocabulary: str | None = None,
                  require_label: bool = False, targets: str = "captions", resampled: bool = False,
-                 samples_per_epoch: int | None = None):
+                 samples_per_epoch: int | None = None, max_bad_fraction: float = 0.001,
+                 error_log: str | None = None):
         super().__init__()
         if (require_label or targets == "labels") and not vocabulary:
             raise ValueError("labels need a vocabulary: set data.vocabulary (builtin, world:PATH, a file)")
@@ -44,6 +46,8 @@ class ShardDataModule(L.LightningDataModule):
         self.n_samples = sum(self.sizes.values())
         self.resampled = resampled
         self.samples_per_epoch = samples_per_epoch or self.n_samples
+        self.max_bad_fraction = max_bad_fraction  # read by aotrain/callbacks/step_guard.py
+        self.error_log = error_log
         self._stream: ShardStream | None = None
         self._resume: dict | None = None
         self._epoch_start_step = 0
@@ -57,7 +61,8 @@ class ShardDataModule(L.LightningDataModule):
                            targets=self.targets,
                            classes=label_classes(self.vocabulary) if self.targets == "labels" else None,
                            shard_sizes=self.sizes, resampled=self.resampled,
-                           samples_per_epoch=self.samples_per_epoch, batch_size=self.batch_size)
+                           samples_per_epoch=self.samples_per_epoch, batch_size=self.batch_size,
+                           error_log=self.error_log if train else None)
 
     def train_dataloader(self):
         self._stream = self.stream(train=True)

@@ -1,4 +1,4 @@
-"""A deterministic stream of (image, target, dropped) samples from webdataset tar shards.
+"""A deterministic stream of (image, target, skipped) samples from webdataset tar shards.
 
 Order is a pure function of (seed, epoch, rank, worker): shards are shuffled with (seed, epoch),
 split across ranks then DataLoader workers, and samples are shuffled in a buffer seeded with
@@ -7,14 +7,15 @@ split across ranks then DataLoader workers, and samples are shuffled in a buffer
 The target is the tokenized caption (CLIP) or the caption's (attribute, object) label indices
 (a supervised twin); both come from the same sample order. With a `labeller` (data_filters'
 CaptionParser.label), a sample whose caption does not name exactly one pair is dropped, in both
-modes alike, and counted: `dropped` is how many were dropped just before this sample.
+modes alike, and counted. Samples that break data_filters' sample rule (no or undecodable image,
+no or non-UTF-8 caption) and truncated shards are skipped and counted too: `skipped` holds, per
+SKIP_COLUMNS, how many were passed over just before this sample, and each is logged with its shard.
 
     >>> stream = ShardStream(["pool/shard-000000.tar"], image_transform, tokenize, seed=0, batch_size=128)
     >>> loader = EpochDataLoader(stream, batch_size=128, num_workers=2, drop_last=True)
 """
 from __future__ import annotations
 
-import io
 import json
 import random
 import zlib
@@ -22,12 +23,15 @@ from pathlib import Path
 
 import torch
 import webdataset as wds
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset
 
 from aotrain.subset import pool_shards
+from data_filters.samples import KINDS, decode_image, image_key, read_caption, read_shard, sample_problem
 
-IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
+# What a sample's `skipped` vector counts (samples passed over just before it), in this order:
+# captions naming no single pair (label rule), the sample rule's kinds, truncated shards, and
+# samples read a second time to fill a short stream's quota.
+SKIP_COLUMNS = ("unlabelled", *KINDS, "truncated_shard", "refilled")
 
 
 def list_shards(pool: str | Path) -> tuple[list[str], dict[str, int]]:
@@ -56,7 +60,7 @@ def _sample_seed(seed: int, epoch: int, key: str) -> int:
 
 
 class ShardStream(IterableDataset):
-    """Yields (image [3,H,W] float, target, dropped int) from shards; `epoch` is bumped by EpochDataLoader.
+    """Yields (image [3,H,W] float, target, skipped [len(SKIP_COLUMNS)] long) from shards; `epoch` is bumped by EpochDataLoader.
 
     target: tokens [L] long (targets="captions") or [attribute index, object index] long (targets="labels").
 
@@ -76,7 +80,7 @@ class ShardStream(IterableDataset):
     def __init__(self, urls, image_transform, tokenize, seed: int = 0, shuffle_buffer: int = 1000,
                  shuffle_shards: bool = True, labeller=None, targets: str = "captions",
                  classes: dict | None = None, shard_sizes: dict | None = None, resampled: bool = False,
-                 samples_per_epoch: int | None = None, batch_size: int = 1):
+                 samples_per_epoch: int | None = None, batch_size: int = 1, error_log: str | None = None):
         if targets not in ("captions", "labels"):
             raise ValueError(f"targets must be captions or labels, got {targets!r}")
         if targets == "labels" and (labeller is None or classes is None):
@@ -97,6 +101,7 @@ class ShardStream(IterableDataset):
         self.resampled = resampled
         self.samples_per_epoch = samples_per_epoch
         self.batch_size = batch_size
+        self.error_log = error_log  # a folder for per-stream logs of skipped samples (None: not written)
         self.epoch = 0
         self.skip_batches = 0
 
@@ -123,44 +128,96 @@ class ShardStream(IterableDataset):
                   for r in range(world) for w in range(workers)]
         return min(shares)
 
-    def samples(self):
-        """Raw samples of this (rank, worker), in order: dicts '__key__', 'image_bytes', 'caption', 'meta'."""
-        rank, world, worker, workers = wds.utils.pytorch_worker_info()
-        urls = self._my_urls(rank, world, worker, workers)
-        raw = wds.tarfile_to_samples()(({"url": u} for u in urls))
+    def _raw(self, urls, rng_name: str, report):
+        """(shard, key, members) of these shards in buffer-shuffled order, bad samples included."""
+        def read():
+            for url in urls:
+                for key, members in read_shard(url, on_truncated=lambda shard, why: report("truncated_shard",
+                                                                                            shard, None, why)):
+                    yield url, key, members
+        raw = read()
         if self.shuffle_buffer > 1:
-            rng = random.Random(f"samples-{self.seed}-{self.epoch}-{rank}-{worker}")
-            raw = _buffer_shuffle(raw, self.shuffle_buffer, rng)
-        for sample in raw:
-            image_key = next((k for k in IMAGE_KEYS if k in sample), None)
-            if image_key is None or "txt" not in sample:
-                continue  # img2dataset leaves failed downloads without an image
-            meta = json.loads(sample["json"]) if "json" in sample else {}
-            yield {"__key__": sample["__key__"], "image_bytes": sample[image_key],
-                   "caption": sample["txt"].decode("utf-8"), "meta": meta}
+            raw = _buffer_shuffle(raw, self.shuffle_buffer, random.Random(rng_name))
+        return raw
+
+    def samples(self):
+        """This (rank, worker)'s usable samples in stream order, before the label rule, quota and resume
+        skip (for tests and tools that inspect the order): dicts '__key__', 'caption'."""
+        rank, world, worker, workers = wds.utils.pytorch_worker_info()
+        name = f"samples-{self.seed}-{self.epoch}-{rank}-{worker}"
+        for _, key, members in self._raw(self._my_urls(rank, world, worker, workers), name, lambda *_: None):
+            if sample_problem(members, check_image=False) is None:
+                yield {"__key__": key, "caption": read_caption(members)}
 
     def labelled_samples(self):
-        """samples() with the label rule, the quota and the resume skip applied: dicts gain 'label'
-        ((attribute, object) or None) and 'dropped' (unlabelled samples skipped since the previous one)."""
+        """This (rank, worker)'s usable samples in order, with the sample rule (data_filters/samples.py),
+        the label rule, the quota and the resume skip applied: dicts '__key__', 'image' (PIL RGB),
+        'caption', 'label' ((attribute, object) or None) and 'skipped' (SKIP_COLUMNS counts of what
+        was passed over since the previous sample).
+
+        A bad sample (no or undecodable image, no or non-UTF-8 caption) is skipped and counted, and
+        written to the error log; a truncated shard yields the samples before the damage. Images are
+        decoded during a resume skip too, so a resumed epoch skips exactly the samples the
+        interrupted one trained on. A stream whose shards run dry before its quota (bad samples,
+        truncated shards) reads its shards again for as many samples as the damage cost, up to the
+        quota, so every rank trains the same number of steps (counted as 'refilled').
+        """
         rank, world, worker, workers = wds.utils.pytorch_worker_info()
         quota = self.quota(world, workers)
         # Batch j of this rank comes from worker j % workers: skip this worker's share of the first ones.
         skip = len(range(worker, self.skip_batches, workers)) * self.batch_size
         labeller = self.labeller() if self.labeller is not None else None  # built in the worker
-        dropped = taken = 0
-        for sample in self.samples():
-            if quota is not None and taken >= quota:
+        log = _ErrorLog(self.error_log, rank, worker, self.epoch)
+        counts = dict.fromkeys(SKIP_COLUMNS, 0)
+        taken = 0
+        lost = {"samples": 0, "truncated": False}  # what bad data cost this pass
+
+        def report(kind, shard, key, why):
+            counts[kind] += 1
+            lost["samples"] += kind in KINDS
+            lost["truncated"] |= kind == "truncated_shard"
+            if taken >= skip:  # the interrupted run logged what it passed over before the resume point
+                log.write(kind, shard, key, why)
+
+        urls, attempt, limit = self._my_urls(rank, world, worker, workers), 0, quota
+        while True:
+            found = 0
+            name = f"samples-{self.seed}-{self.epoch}-{rank}-{worker}" + (f"-refill{attempt}" if attempt else "")
+            for shard, key, members in self._raw(urls, name, report):
+                if limit is not None and taken >= limit:
+                    return
+                problem = sample_problem(members, check_image=False)
+                if problem is not None:
+                    report(problem, shard, key, problem.replace("_", " "))
+                    continue
+                caption = read_caption(members)
+                label = labeller(caption) if labeller is not None else None
+                if labeller is not None and label is None:
+                    counts["unlabelled"] += 1
+                    continue
+                try:
+                    image = decode_image(members[image_key(members)])
+                except ValueError as e:
+                    report("bad_image", shard, key, str(e))
+                    continue
+                found += 1
+                taken += 1
+                if attempt:
+                    counts["refilled"] += 1
+                if taken <= skip:
+                    counts = dict.fromkeys(SKIP_COLUMNS, 0)
+                    continue
+                yield {"__key__": key, "image": image, "caption": caption, "label": label,
+                       "skipped": [counts[c] for c in SKIP_COLUMNS]}
+                counts = dict.fromkeys(SKIP_COLUMNS, 0)
+            # Only what bad data cost is made up (a label rule's drops are the data, not damage): up to
+            # the bad samples met, or the whole quota when a truncated shard hid an unknown number.
+            shortfall = 0 if quota is None or self.resampled or not found else quota - taken
+            shortfall = shortfall if lost["truncated"] else min(shortfall, lost["samples"])
+            if shortfall <= 0:
                 return
-            label = labeller(sample["caption"]) if labeller is not None else None
-            if labeller is not None and label is None:
-                dropped += 1
-                continue
-            taken += 1
-            if taken <= skip:
-                dropped = 0
-                continue
-            yield {**sample, "label": label, "dropped": dropped}
-            dropped = 0
+            limit, lost["samples"], lost["truncated"] = taken + shortfall, 0, False
+            urls, attempt = self._my_urls(rank, world, worker, workers), attempt + 1  # read them again
 
     def __iter__(self):
         for sample in self.labelled_samples():
@@ -169,13 +226,43 @@ class ShardStream(IterableDataset):
                 target = torch.tensor([self.attribute_index[attribute], self.object_index[obj]])  # [2]
             else:
                 target = self.tokenize([sample["caption"]])[0]  # [L]
-            image = Image.open(io.BytesIO(sample["image_bytes"])).convert("RGB")
             with torch.random.fork_rng(devices=[]):
                 # The CPU generator only (what fork_rng restores): torch.manual_seed would also reseed
                 # every accelerator's generator, costing ~60x more per sample and leaking past the fork.
                 torch.default_generator.manual_seed(_sample_seed(self.seed, self.epoch, sample["__key__"]))
-                pixels = self.image_transform(image)  # [3,H,W]
-            yield pixels, target, sample["dropped"]
+                pixels = self.image_transform(sample["image"])  # [3,H,W]
+            yield pixels, target, torch.tensor(sample["skipped"])  # skipped: [len(SKIP_COLUMNS)]
+
+
+class _ErrorLog:
+    """One JSON line per skipped sample or truncated shard, in <error_log>/rank<r>-worker<w>.jsonl
+    (one file per stream, so writers never interleave); `aotrain` names the worst shards from it."""
+
+    def __init__(self, folder: str | None, rank: int, worker: int, epoch: int):
+        self.path = Path(folder) / f"rank{rank}-worker{worker}.jsonl" if folder else None
+        self.epoch = epoch
+
+    def write(self, kind: str, shard: str, key: str | None, why: str) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"epoch": self.epoch, "kind": kind, "shard": Path(shard).name, "key": key,
+                                "error": why[:300]}) + "\n")
+
+
+def read_error_log(folder) -> list[dict]:
+    """Every record the streams of a run wrote to their error logs (see _ErrorLog)."""
+    records = {}
+    for path in sorted(Path(folder).glob("rank*-worker*.jsonl")) if folder else []:
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a kill mid-write
+            # A resumed run may meet again what the interrupted one's prefetching workers had logged.
+            records[(record["epoch"], record["kind"], record["shard"], record["key"])] = record
+    return list(records.values())
 
 
 class EpochDataLoader(DataLoader):

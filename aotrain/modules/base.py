@@ -16,10 +16,14 @@ class TwinModule(L.LightningModule):
 
     kind = ""
 
-    def log_dropped(self, dropped: torch.Tensor) -> None:
-        """Running count of samples dropped for lacking a label (this rank's stream), as `data/unlabelled_dropped`."""
-        self._dropped = getattr(self, "_dropped", 0) + int(dropped.sum())
-        self.log("data/unlabelled_dropped", float(self._dropped))
+    def count_skipped(self, skipped: torch.Tensor) -> None:
+        """Add a batch's `skipped` counts ([B, len(SKIP_COLUMNS)], aotrain/data/shard_stream.py) and its
+        samples to this rank's running totals; aotrain/callbacks/step_guard.py sums them over ranks,
+        logs them (`data/skipped_<kind>` ...) and bounds the share of bad samples."""
+        batch = skipped.sum(0)  # [len(SKIP_COLUMNS)]
+        totals = getattr(self, "data_totals", None)
+        self.data_totals = batch if totals is None else totals.to(batch.device) + batch
+        self.data_samples = getattr(self, "data_samples", 0) + skipped.shape[0]
 
     def vision_tower(self) -> torch.nn.Module:
         raise NotImplementedError

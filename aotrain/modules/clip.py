@@ -57,12 +57,12 @@ class CLIPModule(TwinModule):
 
 
     def training_step(self, batch, batch_idx):
-        images, tokens, dropped = batch  # [B,3,H,W], [B,L], [B]
+        images, tokens, skipped = batch  # [B,3,H,W], [B,L], [B,len(SKIP_COLUMNS)]
         out = self.net(images, tokens)
         scale = out["logit_scale"].clamp(max=MAX_LOGIT_SCALE)  # exp of the parameter; no gradient above the cap
         extra = (out["logit_bias"],) if self.hparams.loss == "siglip" else ()
         loss = self.loss_fn(out["image_features"], out["text_features"], scale, *extra)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/logit_scale", scale.detach())
-        self.log_dropped(dropped)
+        self.count_skipped(skipped)
         return loss

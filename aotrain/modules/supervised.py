@@ -61,7 +61,7 @@ class SupervisedModule(TwinModule):
 
 
     def training_step(self, batch, batch_idx):
-        images, labels, dropped = batch  # [B,3,H,W], [B,2] (attribute, object indices), [B]
+        images, labels, skipped = batch  # [B,3,H,W], [B,2] (attribute, object indices), [B,len(SKIP_COLUMNS)]
         logits = self.net(images)
         loss = 0.0
         for task, out in logits.items():
@@ -71,7 +71,7 @@ class SupervisedModule(TwinModule):
             self.log(f"train/{task}_loss", task_loss)
             self.log(f"train/{task}_acc", (out.argmax(-1) == target).float().mean())
         self.log("train/loss", loss, prog_bar=True)
-        self.log_dropped(dropped)
+        self.count_skipped(skipped)
         return loss
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from data_filters.workers import exit_with_parent
+
 
 @dataclass
 class Job:
@@ -68,7 +70,9 @@ def run_local(jobs: list[Job], parallel: int = 1, threads: int | None = None, on
                     continue
                 job.log.parent.mkdir(parents=True, exist_ok=True)
                 with open(job.log, "w") as log:
-                    process = subprocess.Popen(job.argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+                    # exit_with_parent: a fit outliving a killed sweep would race the re-run of its cell.
+                    process = subprocess.Popen(job.argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                               preexec_fn=exit_with_parent())
                 running[job.cell] = (job, process, time.time())
             if ", ".join(running) != bar.postfix:
                 bar.set_postfix_str(", ".join(running))

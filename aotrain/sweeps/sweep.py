@@ -62,10 +62,15 @@ def prepare_cells(cfg, cells: list[Cell]) -> dict[str, dict]:
     """Compose each cell's fit config and make its world and subset; {cell: facts the sweep needs}."""
     from aotrain.train import prepare  # Lightning is imported, never run, in this process
 
-    facts = {}
-    for cell in cells:
+    facts, composed = {}, {}
+    for cell in cells:  # every cell's values checked before the first world or subset is made
         try:
-            fit_cfg = compose(cell_overrides(cfg, cell))
+            composed[cell.id] = compose(cell_overrides(cfg, cell))
+        except UserError as e:
+            raise UserError(f"cell {cell.id}: {e}") from None
+    for cell in cells:
+        fit_cfg = composed[cell.id]
+        try:
             prepare(fit_cfg)
         except UserError as e:
             raise UserError(f"cell {cell.id}: {e}") from None
@@ -186,6 +191,9 @@ def run_sweep(cfg) -> dict:
     """Run (or continue) the sweep `cfg`; returns {parent_run_id, done, failed, report}."""
     check_launcher(cfg)
     cells = expand(to_dict(cfg.grid), to_dict(cfg.axes), twins=cfg.twins)
+    from aotrain.tracking import check_store  # every cell logs to the same store: check it before any work
+
+    check_store(compose(cell_overrides(cfg, cells[0])).logger.tracking_uri)
     sweep_dir = Path(cfg.paths.sweep_dir)
     _say(f"{cfg.name}: {len(cells)} cells -> {sweep_dir}")
     facts = prepare_cells(cfg, cells)

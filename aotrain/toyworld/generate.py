@@ -28,8 +28,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from data_filters.files import add_tar_member
+from data_filters.files import add_tar_member, no_empty_folders_on_error, temp_dir_for
 from data_filters.nmi import joint_stats
+from data_filters.workers import tied_to_parent
 
 from .captions import make_caption, plural
 from .shapes import render
@@ -107,7 +108,9 @@ def _write_pool(out: Path, cfg: dict, plan: dict, bar, workers: int) -> list[str
     if workers > 1 and can_fork:
         # fork, not spawn: spawn re-imports the caller's __main__ (breaks scripts without a main
         # guard) and pays for imports; the children only run numpy/PIL, never torch or CUDA.
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as ex:
+        # tied_to_parent: a killed `aotrain world` must not leave writers filling a temporary folder.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                 **tied_to_parent()) as ex:
             for n in ex.map(_write_shard, *zip(*jobs)):
                 bar.update(n)
     else:
@@ -153,18 +156,32 @@ def _publish(tmp: Path, final: Path) -> None:
 def generate_world(cfg: Mapping, root, progress: bool = True, workers: int | None = None) -> Path:
     """Generate the world for `cfg` under `root` (or return it at once if it exists); returns its dir.
 
-    workers: processes writing pool shards; default one per CPU for pools of >= 10000 samples
-    (the output bytes do not depend on it).
+    workers: processes writing pool shards; default $AOTRAIN_WORLD_WORKERS, else one per CPU for
+    pools of >= 10000 samples (the output bytes do not depend on it). The writers die with this
+    process, and a killed run's temporary world is deleted by the next run that writes beside it.
     """
     cfg = normalise_config(cfg)
     final = world_dir(root, cfg)
     if (final / WORLD_FILE).exists():
         return final
     plan = plan_world(cfg)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    if workers is None and os.environ.get("AOTRAIN_WORLD_WORKERS"):
+        workers = _env_workers(os.environ["AOTRAIN_WORLD_WORKERS"])
+    with no_empty_folders_on_error(*reversed(final.parents)):
+        # temp_dir_for first deletes the temporary worlds of killed runs (see data_filters.files).
+        tmp = temp_dir_for(final)
+        _fill(tmp, final, cfg, plan, progress, workers)
+    return final
+
+
+def _env_workers(value: str) -> int:
+    if not value.strip().isdigit() or int(value) < 1:
+        raise ValueError(f"AOTRAIN_WORLD_WORKERS must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _fill(tmp: Path, final: Path, cfg: dict, plan: dict, progress: bool, workers: int | None) -> None:
+    """Write the world into `tmp`, then publish it as `final`; `tmp` never outlives an error."""
     try:
         ev = cfg["eval"]
         total = len(plan["sample_pairs"]) + ev["images_per_unseen_pair"] * len(plan["held_out_pairs"])
@@ -196,4 +213,3 @@ def generate_world(cfg: Mapping, root, progress: bool = True, workers: int | Non
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written world behind
         raise
-    return final
