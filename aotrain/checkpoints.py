@@ -17,9 +17,6 @@ from pathlib import Path
 
 import torch
 
-from aotrain import towers
-from evaluation.models import HeadModel, ZeroShotModel
-
 
 def load_checkpoint_file(path, mmap: bool = False):
     """torch.load(path, weights_only=True) of one checkpoint file, or one clear line saying why not.
@@ -107,6 +104,8 @@ def load_checkpoint(path, model_name: str | None = None):
 
     The network is an open_clip CLIP (info["kind"] == "clip") or a SupervisedNet ("supervised").
     """
+    from aotrain import towers  # open_clip: imported only once a model is built
+
     path = Path(path)
     ckpt = _read(path)
     if "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
@@ -131,6 +130,9 @@ def load_checkpoint(path, model_name: str | None = None):
 
 def evaluation_model(net, info: dict, device):
     """The evaluation.models adapter for a network load_checkpoint/load_open_clip returned."""
+    from aotrain import towers
+    from evaluation.models import HeadModel, ZeroShotModel
+
     if info["kind"] == "supervised":
         return HeadModel(net, net.classes, device=device)
     return ZeroShotModel(net.encode_image, net.encode_text, towers.tokenizer(info["model_name"]), device=device)
@@ -139,6 +141,8 @@ def evaluation_model(net, info: dict, device):
 def load_open_clip(model_name: str, weights):
     """(CLIP in eval mode, info) from an open_clip model config and a weights file (state dict, or
     open_clip_train's {"state_dict": ...} with DDP's "module." prefix)."""
+    from aotrain import towers
+
     path = Path(weights)
     state = _read(path)
     if "state_dict" in state and isinstance(state["state_dict"], dict):

@@ -126,7 +126,7 @@ def eval_help() -> str:
 SWEEP_OPTIONS = [
     ("recipe=NAME", "the sweep recipe (recipes/sweeps/): its name, base fit overrides and grid"),
     ("grid.AXIS=[v1,v2,...]", "values of an axis (nmi, size, seed, supervision, model); null: not swept"),
-    ("'extra=[KEY=VALUE,...]'", "more fit overrides for every cell, after the recipe's base"),
+    ("'extra=[\"KEY=VALUE\",...]'", "more fit overrides for every cell, after the recipe's base"),
     ("launcher.parallel=INT", "fits at a time on this machine (default 1)"),
     ("launcher.threads=INT", "CPU threads per fit (default: cores / parallel)"),
     ("launcher.kind=submitit", "submit the fits through Hydra's submitit launcher (Slurm; slurm/README.md)"),
@@ -179,6 +179,11 @@ def run(command: str, args: list[str]) -> int:
     if print_config:
         print(OmegaConf.to_yaml(cfg))
         return 0
+    if command == "fit":  # before Lightning loads (seconds): a store that cannot take the run fails fast
+        from aotrain.tracking import check_store, is_rank_zero
+
+        if is_rank_zero():
+            check_store(cfg.logger.tracking_uri)
     if command == "world":
         from aotrain.train import prepare
 

@@ -72,7 +72,8 @@ def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"out={out}: exists and is a file, not a folder")
     try:
-        check_writable(out.parent)
+        # a missing folder: its nearest existing parent must be a writable folder (not a file)
+        check_writable(out.parent if out.exists() else out)
     except OutputError as e:
         raise UserError(f"out={out}: {e}") from None
 

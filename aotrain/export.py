@@ -83,7 +83,7 @@ def _strip_prefix(state: dict, prefix: str) -> dict:
 
 
 def _check_file(src: Path) -> None:
-    from aotrain.checkpoints import load_checkpoint_file  # imports open_clip: only when a file is exported
+    from aotrain.checkpoints import load_checkpoint_file  # the one reader of checkpoint files
 
     ckpt = load_checkpoint_file(src, mmap=True)  # an empty, text or cut-short file: one line
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:

@@ -16,18 +16,22 @@ import json
 import os
 import tempfile
 import time
+import re
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from lightning.pytorch.loggers import MLFlowLogger
-
 from aotrain.config import UserError
+
+if TYPE_CHECKING:  # Lightning loads in seconds: the store check (`aotrain fit` runs it first) does without
+    from lightning.pytorch.loggers import MLFlowLogger
 
 LOCAL_SCHEMES = ("sqlite:", "file:", "/")
 SERVER_SCHEMES = ("http", "https", "databricks", "databricks-uc", "uc")
 DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
 CHECK_TIMEOUT_S = 5
+_CHECKED: set[str] = set()
 
 
 def is_rank_zero() -> bool:
@@ -53,6 +57,28 @@ def _env(values: dict):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def short_reason(error: BaseException) -> str:
+    """The useful end of an MLflow/requests error: 'Connection refused', 'timed out', ..."""
+    text = str(error)
+    errno = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    if errno:
+        return errno.group(1).strip()
+    if "timed out" in text.lower() or "timeout" in text.lower():
+        return "no answer (timed out)"
+    cause = text.partition("Caused by ")[2]  # urllib3's "Max retries exceeded ... (Caused by X('...', Y('...')))"
+    quoted = re.findall(r"'([^']{3,})'", cause)
+    if quoted:
+        return quoted[-1].strip().rstrip(".")
+    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return first if len(first) <= 200 else first[:197] + "..."
+
+
+def short_http_env(timeout_s: int) -> dict:
+    """MLflow's HTTP client settings for a request that must answer fast or fail: no retries."""
+    return {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(max(1, timeout_s)))}
 
 
 def _check_local_file(path: Path, what: str, uri: str, kind: str) -> None:
@@ -88,6 +114,13 @@ def check_store(uri: str, what: str = "logger.tracking_uri", timeout_s: float = 
 
         check_store("http://127.0.0.1:9")   # UserError: ... does not answer (Connection refused) ...
     """
+    if uri in _CHECKED:  # `aotrain fit` checks before Lightning loads; fit() then need not ask again
+        return
+    _check_store(uri, what, timeout_s)
+    _CHECKED.add(uri)
+
+
+def _check_store(uri: str, what: str, timeout_s: float) -> None:
     scheme = urlparse(uri).scheme.lower() if "://" in uri or uri.startswith("sqlite:") else ""
     if scheme == "sqlite":
         target = uri.split("sqlite:///", 1)[1] if uri.startswith("sqlite:///") else ""
@@ -95,11 +128,9 @@ def check_store(uri: str, what: str = "logger.tracking_uri", timeout_s: float = 
             _check_local_file(Path(target.split("?", 1)[0]), what, uri, "file")
         return
     if scheme in ("", "file"):
-        from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
-
-        if not MLFLOW_ALLOW_FILE_STORE.get():
-            raise UserError(f"{what}={uri}: MLflow {_mlflow_version()} no longer writes file stores; use "
-                            "sqlite:///PATH/mlflow.db or a server (http://HOST:PORT)")
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):
+            raise UserError(f"{what}={uri}: MLflow 3 no longer writes file stores (unless MLFLOW_ALLOW_FILE_STORE="
+                            "true); use sqlite:///PATH/mlflow.db or a server (http://HOST:PORT)")
         _check_local_file(Path(urlparse(uri).path if scheme else uri), what, uri, "folder")
         return
     if scheme not in SERVER_SCHEMES + DATABASE_SCHEMES and "+" not in scheme:
@@ -108,25 +139,17 @@ def check_store(uri: str, what: str = "logger.tracking_uri", timeout_s: float = 
     _probe(uri, what, timeout_s)
 
 
-def _mlflow_version() -> str:
-    import mlflow
-
-    return mlflow.__version__
-
-
 def _probe(uri: str, what: str, timeout_s: float) -> None:
     """One read request (search one experiment) with no retries, given `timeout_s` to answer; a database
     URL is probed in a thread, as its driver has no such setting."""
     import threading
 
-    from aotrain.tracking_journal import short_http_env, short_reason
+    from mlflow.tracking import MlflowClient  # imported first: a loaded machine must not eat the answer time
 
     outcome: dict = {}
 
     def ask():
         try:
-            from mlflow.tracking import MlflowClient
-
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
         except Exception as e:  # noqa: BLE001 - reported as one line below
             outcome["error"] = e
@@ -159,7 +182,8 @@ def _probe(uri: str, what: str, timeout_s: float) -> None:
 def make_logger(cfg, run_name: str, run_id: str | None = None) -> MLFlowLogger:
     """The run's logger, started: its MLflow run exists (created, or `run_id`'s for a resumed run) and
     it journals everything into the run folder before sending it (aotrain/tracking_journal.py)."""
-    from aotrain.tracking_journal import JournaledMLFlowLogger, short_reason, use_short_http
+    from aotrain.tracking_journal import use_short_http
+    from aotrain.tracking_logger import JournaledMLFlowLogger
 
     uri = cfg.logger.tracking_uri
     local = uri.startswith(LOCAL_SCHEMES)

@@ -25,24 +25,20 @@ gets its own run and its own marks (the first one names that store's URI).
 from __future__ import annotations
 
 import argparse
-import atexit
 import bisect
 import json
 import os
-import re
 import sys
 import threading
 import time
 from pathlib import Path
 
-from lightning.pytorch.loggers import MLFlowLogger
-from lightning.pytorch.utilities import rank_zero_only
+from aotrain.tracking import short_http_env, short_reason
 
 JOURNAL = "mlflow_journal.jsonl"
 
 # MLflow's log_batch limits: 1000 metrics, 100 params per request.
 MAX_METRICS, MAX_PARAMS = 1000, 100
-STATUSES = {"success": "FINISHED", "finished": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
 
 
 def _say(message: str) -> None:
@@ -71,18 +67,6 @@ def is_transient(error: BaseException) -> bool:
         status = error.get_http_status_code()
         return not (400 <= status < 500) or status in (408, 429)
     return True
-
-
-def short_reason(error: BaseException) -> str:
-    """The useful end of an MLflow/requests error: 'Connection refused', 'timed out', ..."""
-    text = str(error)
-    errno = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
-    if errno:
-        return errno.group(1).strip()
-    if "timed out" in text.lower() or "timeout" in text.lower():
-        return "no answer (timed out)"
-    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
-    return first if len(first) <= 200 else first[:197] + "..."
 
 
 class Journal:
@@ -210,142 +194,6 @@ def send_pending(journal: Journal, client, run_id: str, tracking_uri: str | None
     return sent
 
 
-class JournaledMLFlowLogger(MLFlowLogger):
-    """Lightning's MLFlowLogger with the journal in front: training never waits on the store.
-
-    `start()` (at the start of the run, when the store was just checked) creates or reopens the run;
-    afterwards metrics and params are journaled and sent by a background thread, which retries every
-    `retry_s` while the store does not answer. `close(wait_s)` at the end sends what is left, waiting up
-    to `wait_s` for the store, and prints how to send what still is not there.
-    """
-
-    def __init__(self, *args, run_dir: str | Path, retry_s: float = 5.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.run_dir = Path(run_dir)
-        self.journal = Journal(self.run_dir / JOURNAL)
-        self.retry_s = retry_s
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._down_since: float | None = None
-        self._closed = False
-
-    @rank_zero_only
-    def start(self) -> None:
-        """Create (or reopen) the MLflow run and start sending; errors here are the store's, at start."""
-        client = self.experiment
-        header = {"tracking_uri": self._tracking_uri, "experiment_id": self._experiment_id,
-                  "experiment_name": self._experiment_name, "run_id": self._run_id, "run_name": self._run_name}
-        if self.journal.header is not None and self.journal.header["run_id"] != self._run_id:
-            # This folder's journal belongs to another MLflow run (its pointer was lost): keep it aside.
-            self.journal.path.rename(self.journal.path.with_name(f"mlflow_journal.{self.journal.header['run_id']}.jsonl"))
-            self.journal = Journal(self.run_dir / JOURNAL)
-        self.journal.start(header)
-        assert client is not None
-        self._thread = threading.Thread(target=self._send_loop, name="mlflow-journal", daemon=True)
-        self._thread.start()
-        atexit.register(self.close)
-
-    def _send_once(self) -> bool:
-        try:
-            sent = send_pending(self.journal, self._mlflow_client, self._run_id)
-        except Exception as e:  # noqa: BLE001 - whatever the store raised, training goes on
-            if not is_transient(e):
-                seq = self.journal.pending(self._run_id)[0]["seq"]
-                _say(f"the store refused record {seq} ({short_reason(e)}); skipped, it stays in {self.journal.path}")
-                self.journal.mark(self._run_id, seq)
-                return False
-            if self._down_since is None:
-                self._down_since = time.time()
-                _say(f"{self._tracking_uri} does not answer ({short_reason(e)}); training goes on, "
-                     f"metrics are kept in {self.journal.path} and sent when it answers")
-            return False
-        if self._down_since is not None:
-            _say(f"{self._tracking_uri} answers again after {time.time() - self._down_since:.0f} s; "
-                 f"sent {sent} journaled rows")
-            self._down_since = None
-        return True
-
-    def _send_loop(self) -> None:
-        while not self._stop.is_set():
-            if self._down_since is None:
-                self._wake.wait()
-            else:
-                self._stop.wait(self.retry_s)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            self._send_once()
-
-    def _record(self, record: dict) -> None:
-        if self._thread is None:
-            self.start()
-        self.journal.append(record)
-        self._wake.set()
-
-    @rank_zero_only
-    def log_hyperparams(self, params) -> None:
-        from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
-
-        params = _flatten_dict(_convert_params(params))
-        # MLFlowLogger's own rule, kept so runs logged before and after the journal compare.
-        self._record({"params": {k: str(v)[:250] for k, v in params.items()}})
-
-    @rank_zero_only
-    def log_metrics(self, metrics, step: int | None = None) -> None:
-        from lightning.fabric.utilities.logger import _add_prefix
-
-        values = {}
-        for key, value in _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR).items():
-            if isinstance(value, str):
-                continue
-            values[re.sub("[^a-zA-Z0-9_/. -]+", "", key)] = float(value)
-        if values:
-            self._record({"metrics": values, "step": int(step or 0), "ts": _now_ms()})
-
-    @rank_zero_only
-    def log_artifact_paths(self, paths) -> None:
-        """Journal files and folders to upload (a folder keeps its name under the run's artifacts)."""
-        for path in paths:
-            path = Path(path)
-            if path.exists():
-                self._record({"artifact": str(path.resolve())})
-
-    @rank_zero_only
-    def finalize(self, status: str = "success") -> None:
-        if not self._initialized:
-            return
-        status = STATUSES.get(status, status.upper())
-        if status == "FINISHED" and self._checkpoint_callback:
-            self._scan_and_log_checkpoints(self._checkpoint_callback)
-        last = next((r for r in reversed(self.journal.records) if "terminated" in r), None)
-        if last is None or last["terminated"] != status:  # Lightning may finalize twice
-            self._record({"terminated": status, "ts": _now_ms()})
-
-    def unsent_rows(self) -> int:
-        return sum(rows(r) for r in self.journal.pending(self._run_id)) if self._run_id else 0
-
-    def close(self, wait_s: float = 60.0) -> int:
-        """Stop the sender and send what is left, trying for up to `wait_s` seconds; returns the rows
-        still unsent (and says how to send them)."""
-        if self._closed or self._thread is None:
-            return 0
-        self._closed = True
-        atexit.unregister(self.close)
-        self._stop.set()
-        self._wake.set()
-        self._thread.join()
-        deadline = time.time() + wait_s
-        while not self._send_once() and self.journal.pending(self._run_id) and time.time() < deadline:
-            time.sleep(min(self.retry_s, max(0.0, deadline - time.time())))
-        self.journal.close()
-        left = self.unsent_rows()
-        if left:
-            _say(f"{self._tracking_uri} did not answer; {left} unsent rows are kept in {self.journal.path}; "
-                 f"send them with: aotrain sync {self.run_dir}")
-        return left
-
-
 # ---------------------------------------------------------------------------------------------------
 # aotrain sync
 
@@ -372,7 +220,9 @@ def sync(run_dir: Path, to: str | None = None) -> dict:
     run_id = journal.targets.get(uri) if copy else source["run_id"]
     created = False
     if run_id is None:  # the first copy to this store: a run of its own, remembered in the journal
-        experiment = experiment_id(client, source["experiment_name"], uri, None)
+        # A local store keeps artifacts beside its database, as a fit's default does (not in the cwd).
+        local = Path(uri.split("sqlite:///", 1)[1]).parent / "mlartifacts" if uri.startswith("sqlite:///") else None
+        experiment = experiment_id(client, source["experiment_name"], uri, str(local) if local else None)
         tags = {"mlflow.runName": source["run_name"] or source["run_id"], "aotrain.synced_from": source["run_id"]}
         run_id = client.create_run(experiment, tags=tags).info.run_id
         journal.mark(run_id, 0, tracking_uri=uri)
@@ -404,6 +254,7 @@ def sync_main(argv: list[str]) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse printed usage and the error (or the help)
         return int(e.code) if isinstance(e.code, int) else 2
+    use_short_http(30)  # a store that stops answering fails this command in seconds; run it again later
     try:
         result = sync(Path(args.run_dir), args.to)
     except UserError as e:
@@ -415,12 +266,6 @@ def sync_main(argv: list[str]) -> int:
     else:
         print(f"aotrain sync: nothing to send; all {result['total']} journal records are in {where}")
     return 0
-
-
-def short_http_env(timeout_s: int) -> dict:
-    """MLflow's HTTP client settings for a request that must answer fast or fail: no retries."""
-    return {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
-            "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(max(1, timeout_s)))}
 
 
 def use_short_http(timeout_s: int) -> None:

@@ -7,7 +7,8 @@ Every process pool and child command of aotrain and data_filters goes through th
     subprocess.Popen(argv, preexec_fn=exit_with_parent(signal.SIGTERM))
 
 On Linux the kernel delivers a signal to the child the moment its parent dies (prctl
-PR_SET_PDEATHSIG); elsewhere a pool worker runs a thread that polls its parent pid twice a second.
+PR_SET_PDEATHSIG); elsewhere, or when the pool's creator is not the worker's parent (a forkserver),
+a pool worker runs a thread that checks on the creator twice a second.
 """
 from __future__ import annotations
 
@@ -42,27 +43,41 @@ def _ask_kernel(sig: int) -> bool:
     return libc is not None and libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
 
 
-def _watch(parent: int) -> None:
-    while os.getppid() == parent:
+def _gone(parent: int, direct: bool) -> bool:
+    if direct:  # an orphan is handed to another parent at once
+        return os.getppid() != parent
+    try:
+        os.kill(parent, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        pass  # it exists
+    return False
+
+
+def _watch(parent: int, direct: bool) -> None:
+    while not _gone(parent, direct):
         time.sleep(WATCH_INTERVAL_S)
     os._exit(1)  # no cleanup: the parent that would use our results is gone
 
 
 def die_with_parent(parent: int, sig: int = _KILL, watch: bool = True) -> None:
-    """Make this (child) process get `sig` when process `parent` dies; exit now if it already has.
+    """Make this child process get `sig` when process `parent` dies; exit now if it already has.
 
-    watch=False: no polling thread where the kernel cannot do it (before an exec, which drops threads).
+    `parent` is usually this process's parent; when it is not (a forkserver started the worker), or
+    where the kernel cannot do it (not Linux), a thread polls it instead. watch=False: no thread
+    (before an exec, which drops threads).
     """
-    if _ask_kernel(sig):
-        # The parent may have died between the fork and the prctl: the kernel signals nobody then,
-        # and this process has already been handed to another parent.
-        if os.getppid() != parent:
+    direct = os.getppid() == parent
+    if direct and _ask_kernel(sig):
+        # The parent may have died between the fork and the prctl: the kernel signals nobody then.
+        if _gone(parent, direct):
             os._exit(1)
         return
-    if os.getppid() != parent:
+    if _gone(parent, direct):
         os._exit(1)
     if watch:
-        threading.Thread(target=_watch, args=(parent,), name="die-with-parent", daemon=True).start()
+        threading.Thread(target=_watch, args=(parent, direct), name="die-with-parent", daemon=True).start()
 
 
 def _tied_init(parent: int, initializer, initargs: tuple) -> None:

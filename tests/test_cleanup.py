@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from data_filters.files import atomic_path, no_empty_folders_on_error, sweep_stale, temp_dir_for
+from data_filters.files import _host, atomic_path, no_empty_folders_on_error, sweep_stale, temp_dir_for
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
 
@@ -50,8 +50,12 @@ def _start(args: list[str], cwd: Path, env: dict) -> subprocess.Popen:
     """`aotrain ARGS` in a session of its own: its process group holds it and every worker it forks."""
     full_env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "AOTRAIN_RUN_ID")}
     full_env.update(env)
-    return subprocess.Popen([sys.executable, "-m", "aotrain.cli", *args], cwd=cwd, env=full_env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    # stderr to a file: a full pipe would stall the progress bar, and the command with it.
+    with open(cwd / f"{args[0]}-{time.time_ns()}.stderr", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "aotrain.cli", *args], cwd=cwd, env=full_env,
+                                stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+    proc.log = Path(log.name)
+    return proc
 
 
 def _kill_while(proc: subprocess.Popen, ready, timeout: float = 90.0) -> list[int]:
@@ -64,7 +68,7 @@ def _kill_while(proc: subprocess.Popen, ready, timeout: float = 90.0) -> list[in
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
                 return children
-            assert proc.poll() is None, f"finished before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+            assert proc.poll() is None, f"finished before it could be killed: {proc.log.read_text()[-2000:]}"
             time.sleep(0.05)
         pytest.fail("the workers never started")
     finally:
@@ -107,13 +111,18 @@ def test_kill_9_world_leaves_no_writers_and_next_start_cleans(tmp_path):
     assert not [p for p in tmp_path.rglob("*") if p.is_dir() and not any(p.iterdir())]
 
 
-def test_kill_9_filter_stats_leaves_no_workers(tmp_path):
-    captions = tmp_path / "captions"
-    captions.mkdir()
+@pytest.fixture(scope="module")
+def captions(tmp_path_factory) -> Path:
+    """4 CSV files of 60,000 captions: a few seconds of counting or labelling."""
+    folder = tmp_path_factory.mktemp("captions")
     words = ["a red fox on a table", "two blue cars", "the striped cat sleeping", "an old chair by a green door"]
-    for f in range(4):  # a few seconds of counting on 2 workers
-        rows = "".join(f"{f}-{i},{words[i % 4]} {i}\n" for i in range(250_000))
-        (captions / f"part-{f}.csv").write_text("uid,caption\n" + rows)
+    for f in range(4):
+        rows = "".join(f"{f}-{i},{words[i % 4]} {i}\n" for i in range(60_000))
+        (folder / f"part-{f}.csv").write_text("uid,caption\n" + rows)
+    return folder
+
+
+def test_kill_9_filter_stats_leaves_no_workers(tmp_path, captions):
     out = tmp_path / "stats"
     args = ["filter", "stats", str(captions), "--workers", "2", "--out", str(out), "--no-caption-diversity"]
     proc = _start(args, tmp_path, {})
@@ -124,6 +133,79 @@ def test_kill_9_filter_stats_leaves_no_workers(tmp_path):
     done = subprocess.run([sys.executable, "-m", "aotrain.cli", *args], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (out / "stats.json").is_file() and not _temporaries(tmp_path)
+
+
+def test_kill_9_filter_label_half_file_is_swept_by_the_next_start(tmp_path, captions):
+    # Labelling runs in one process: what a kill leaves is the half-written labels file.
+    out = tmp_path / "labels" / "labels.parquet"
+    args = ["filter", "label", str(captions), "--out", str(out)]
+    proc = _start(args, tmp_path, {})
+    deadline = time.time() + 90
+    try:
+        while not list(out.parent.glob(".tmp-*")):
+            assert time.time() < deadline and proc.poll() is None, proc.log.read_text()[-2000:]
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert list(out.parent.glob(".tmp-*")) and not out.exists()
+
+    done = subprocess.run([sys.executable, "-m", "aotrain.cli", *args], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert out.is_file() and not _temporaries(tmp_path)
+
+
+def test_kill_9_local_sweep_stops_its_fits(tmp_path):
+    # The local launcher's own code path, with `sleep` standing in for an `aotrain fit` child.
+    script = ("import sys; from pathlib import Path; from aotrain.sweeps.local import Job, run_local; "
+              "run_local([Job('cell', ['sleep', '60'], Path(sys.argv[1]))])")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "cell.log")], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 60
+    try:
+        while not (fits := [p for p, (_, ppid, _) in _processes().items() if ppid == proc.pid]):
+            assert time.time() < deadline and proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    print(f"sweep's fit gone {_gone_within(fits, proc.pid):.2f} s after kill -9")
+
+
+POOL_SCRIPT = """
+import multiprocessing, sys, time
+import data_filters.workers as workers
+if sys.argv[1] == "no-prctl":  # as on macOS: only the watching thread
+    workers._ask_kernel = lambda sig: False
+ctx = multiprocessing.get_context("forkserver" if sys.argv[1] == "forkserver" else "fork")
+with ctx.Pool(2, **workers.tied_to_parent()) as pool:
+    print(sum(pool.map(abs, [-1, -2])), flush=True)
+    pool.map(time.sleep, [60, 60])
+"""
+
+
+@pytest.mark.parametrize("how", ["no-prctl", "forkserver"])
+def test_pool_workers_die_with_their_creator_without_prctl(tmp_path, how):
+    proc = subprocess.Popen([sys.executable, "-c", POOL_SCRIPT, how], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == b"3", proc.stderr.read().decode()[-2000:]  # the workers work
+        time.sleep(0.2)  # both sleeping
+        workers = [p for p in _group(proc.pid) if p != proc.pid]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert len(workers) >= 2
+    print(f"{how}: workers gone {_gone_within(workers, proc.pid):.2f} s after kill -9")
 
 
 def test_sweep_stale_spares_live_owners_and_other_hosts(tmp_path):
@@ -148,11 +230,6 @@ def test_sweep_stale_spares_live_owners_and_other_hosts(tmp_path):
     finally:
         live.kill()
         live.wait()
-
-
-def _host() -> str:
-    from data_filters.files import _host as host
-    return host()
 
 
 def test_temporaries_name_their_owner_and_are_swept_beside_new_ones(tmp_path):
@@ -197,7 +274,7 @@ def test_failed_stages_leave_no_empty_cache_folders(tmp_path):
     pool = tmp_path / "pool"
     pool.mkdir()
     (pool / "shard-000000.parquet").write_bytes(b"not parquet")
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="[Pp]arquet"):  # pyarrow's ArrowInvalid
         prepare_subset(pool, "builtin", spec, tmp_path / "cache2", 100)
     assert not (tmp_path / "cache2").exists()
     assert not [p for p in tmp_path.rglob("*") if p.is_dir() and not any(p.iterdir())]

@@ -5,7 +5,7 @@ Signals (SIGTERM; SIGUSR1, Slurm's pre-emption warning; SIGUSR2, submitit's time
 only sets a flag. Saving a checkpoint inside the handler, as Lightning's Slurm handler does, can
 deadlock DDP (one rank in the checkpoint's barrier, another in the loss all-gather). At the next
 step boundary every rank learns that one of them was signalled, a step-exact checkpoint is saved in
-the run folder (`resume=auto` finds it), and then:
+the run folder (`resume=auto` finds it), and before the next batch (the step's metrics logged):
   * under Slurm, on SIGUSR1/SIGUSR2: rank 0 runs `scontrol requeue $SLURM_JOB_ID`; the requeued job
     re-runs its batch script, whose `resume=auto` continues from that checkpoint;
   * otherwise `Interrupted` is raised: `aotrain fit` marks the MLflow run KILLED, prints how to
@@ -90,6 +90,7 @@ class StepGuard(L.Callback):
         self.before = [0] * (len(SKIP_COLUMNS) + 1)  # totals of the interrupted run this one resumed
         self.totals = list(self.before)  # over all ranks: SKIP_COLUMNS counts, then samples trained
         self._last_step = None
+        self._pending = None  # (signal, checkpoint) once every rank knows of a stop signal
 
     def state_dict(self) -> dict:
         return {"totals": list(self.totals)}
@@ -101,7 +102,7 @@ class StepGuard(L.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         install_signal_flags()  # replaces Lightning's (its Slurm handler saves inside the handler)
         if received_signal() is not None:  # arrived while the run was being set up
-            self._stop(trainer, received_signal(), checkpoint=None)
+            self._stop(trainer, received_signal(), None)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self._last_step:
@@ -111,8 +112,14 @@ class StepGuard(L.Callback):
         self.totals = [b + t for b, t in zip(self.before, totals)]
         self._log(pl_module)
         self._check_bad_fraction(trainer)
-        if any(signals):
-            self._stop(trainer, STOP_SIGNALS[signals.index(max(signals))], checkpoint=self._save(trainer))
+        if any(signals) and self._pending is None:
+            # Saved here, where ModelCheckpoint saves (the loop state resumes cleanly from this hook);
+            # stopped at the next batch's start, once Lightning has logged this step's metrics.
+            self._pending = (STOP_SIGNALS[signals.index(max(signals))], self._save(trainer))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._pending is not None:
+            self._stop(trainer, *self._pending)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero and (summary := self.describe_skipped()):

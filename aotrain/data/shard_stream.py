@@ -159,8 +159,9 @@ class ShardStream(IterableDataset):
         written to the error log; a truncated shard yields the samples before the damage. Images are
         decoded during a resume skip too, so a resumed epoch skips exactly the samples the
         interrupted one trained on. A stream whose shards run dry before its quota (bad samples,
-        truncated shards) reads its shards again for as many samples as the damage cost, up to the
-        quota, so every rank trains the same number of steps (counted as 'refilled').
+        truncated shards) under several ranks reads its shards again for as many samples as the
+        damage cost, up to the quota, so every rank trains the same number of steps (counted as
+        'refilled'; without it one rank would wait for the others in a collective).
         """
         rank, world, worker, workers = wds.utils.pytorch_worker_info()
         quota = self.quota(world, workers)
@@ -212,7 +213,8 @@ class ShardStream(IterableDataset):
                 counts = dict.fromkeys(SKIP_COLUMNS, 0)
             # Only what bad data cost is made up (a label rule's drops are the data, not damage): up to
             # the bad samples met, or the whole quota when a truncated shard hid an unknown number.
-            shortfall = 0 if quota is None or self.resampled or not found else quota - taken
+            # Workers of one process need not be equal (the loader drains them all); ranks must.
+            shortfall = 0 if quota is None or self.resampled or not found or world == 1 else quota - taken
             shortfall = shortfall if lost["truncated"] else min(shortfall, lost["samples"])
             if shortfall <= 0:
                 return

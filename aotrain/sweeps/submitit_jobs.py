@@ -2,7 +2,7 @@
 
     aotrain sweep recipe=NAME launcher.kind=submitit \\
         'launcher.submitit.params={partition: gpu, gpus_per_node: 8, tasks_per_node: 8, timeout_min: 240}' \\
-        'extra=[trainer=ddp,trainer.devices=8]'
+        'extra=["trainer=ddp","trainer.devices=8"]'
 
 The sweep process only submits and waits: a Hydra multirun of aotrain/sweeps/hydra_job.py over the
 cells, in two waves (CLIP cells, then the supervised cells that are checked against them). Only keys

@@ -2,7 +2,7 @@
 
     aotrain sweep recipe=toy_replication                      # 36 fits, 2 at a time, then the report
     aotrain sweep recipe=toy_replication launcher.parallel=1  # one at a time
-    aotrain sweep recipe=tiny 'extra=[trainer.max_steps=2]'   # more fit overrides for every cell
+    aotrain sweep recipe=tiny 'extra=["trainer.max_steps=2"]' # more fit overrides for every cell (quoted: they hold '=')
 
 What happens, in order:
   1. the grid becomes cells (aotrain/sweeps/grid.py); each cell's fit config is composed now, so a bad
@@ -60,14 +60,14 @@ def cell_overrides(cfg, cell: Cell) -> list[str]:
 
 def prepare_cells(cfg, cells: list[Cell]) -> dict[str, dict]:
     """Compose each cell's fit config and make its world and subset; {cell: facts the sweep needs}."""
-    from aotrain.train import prepare  # Lightning is imported, never run, in this process
-
     facts, composed = {}, {}
     for cell in cells:  # every cell's values checked before the first world or subset is made
         try:
             composed[cell.id] = compose(cell_overrides(cfg, cell))
         except UserError as e:
             raise UserError(f"cell {cell.id}: {e}") from None
+    from aotrain.train import prepare  # Lightning is imported, never run, in this process
+
     for cell in cells:
         fit_cfg = composed[cell.id]
         try:

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from data_filters.files import add_tar_member, no_empty_folders_on_error, temp_dir_for
+from data_filters.files import add_tar_member, no_empty_folders_on_error, sweep_stale, temp_dir_for
 from data_filters.nmi import joint_stats
 from data_filters.workers import tied_to_parent
 
@@ -162,6 +162,7 @@ def generate_world(cfg: Mapping, root, progress: bool = True, workers: int | Non
     """
     cfg = normalise_config(cfg)
     final = world_dir(root, cfg)
+    sweep_stale(final.parent)  # a killed run's temporary world, also when another run finished it
     if (final / WORLD_FILE).exists():
         return final
     plan = plan_world(cfg)
