@@ -202,6 +202,7 @@ def make_logger(cfg, run_name: str, run_id: str | None = None) -> MLFlowLogger:
         run_id=run_id,
         run_dir=cfg.paths.run_dir,
         retry_s=float(cfg.logger.get("retry_s", 5)),
+        final_wait_s=float(cfg.logger.get("final_wait_s", 60)),
     )
     try:
         logger.start()
@@ -210,11 +211,11 @@ def make_logger(cfg, run_name: str, run_id: str | None = None) -> MLFlowLogger:
     return logger
 
 
-def close_logger(logger, cfg) -> int:
+def close_logger(logger) -> int:
     """Send what the journal still holds (waiting up to logger.final_wait_s for the store); returns the
     rows left unsent, which `aotrain sync RUN_DIR` sends later."""
     close = getattr(logger, "close", None)
-    return close(float(cfg.logger.get("final_wait_s", 60))) if close else 0
+    return close() if close else 0
 
 
 def curated_params(cfg, world: dict | None, subset: dict | None, datamodule, module) -> dict:

@@ -106,7 +106,11 @@ class Journal:
     def _write(self, entry: dict) -> None:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            torn = self.path.is_file() and self.path.stat().st_size and not self.path.read_bytes().endswith(b"\n")
+            torn = False
+            if self.path.is_file() and self.path.stat().st_size:
+                with open(self.path, "rb") as f:
+                    f.seek(-1, os.SEEK_END)
+                    torn = f.read(1) != b"\n"
             self._file = open(self.path, "a", encoding="utf-8")
             if torn:  # never glue a new record onto a half-written one
                 self._file.write("\n")
@@ -164,34 +168,39 @@ def _batches(records: list[dict]):
 
 def send_pending(journal: Journal, client, run_id: str, tracking_uri: str | None = None) -> int:
     """Send `run_id`'s pending records in order, marking each accepted batch; returns rows sent.
-    Raises what the store raised (the records from the failed batch on stay pending)."""
-    from mlflow.entities import Metric, Param
-
+    Raises what the store raised, with `journal_seq` (where the failed batch ends) set on it; the
+    records from the failed batch on stay pending."""
     sent = 0
     for kind, batch in _batches(journal.pending(run_id)):
-        if kind == "metrics":
-            client.log_batch(run_id, metrics=[Metric(k, float(v), r["ts"], r["step"])
-                                              for r in batch for k, v in r["metrics"].items()])
-        elif kind == "params":
-            params = {}
-            for r in batch:
-                params.update(r["params"])
-            client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
-        else:
-            (record,) = batch
-            if "artifact" in record:
-                path = Path(record["artifact"])
-                if path.is_dir():
-                    client.log_artifacts(run_id, str(path), artifact_path=record.get("artifact_path") or path.name)
-                elif path.is_file():
-                    client.log_artifact(run_id, str(path), artifact_path=record.get("artifact_path"))
-                else:  # removed since: nothing left to send, and waiting would not bring it back
-                    _say(f"artifact {path} no longer exists; not sent")
-            elif "terminated" in record:
-                client.set_terminated(run_id, status=record["terminated"], end_time=record["ts"])
+        try:
+            _send_batch(client, run_id, kind, batch)
+        except Exception as e:
+            e.journal_seq = batch[-1]["seq"]  # a batch the store refuses for good can be skipped whole
+            raise
         journal.mark(run_id, batch[-1]["seq"], tracking_uri)
         sent += sum(rows(r) for r in batch)
     return sent
+
+
+def _send_batch(client, run_id: str, kind: str, batch: list[dict]) -> None:
+    from mlflow.entities import Metric, Param
+
+    if kind == "metrics":  # the journaled timestamps: a repeat is the same row, which SQL stores keep once
+        client.log_batch(run_id, metrics=[Metric(k, float(v), r["ts"], r["step"])
+                                          for r in batch for k, v in r["metrics"].items()])
+    elif kind == "params":
+        params = {k: v for r in batch for k, v in r["params"].items()}
+        client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+    elif "artifact" in batch[0]:
+        path = Path(batch[0]["artifact"])
+        if path.is_dir():
+            client.log_artifacts(run_id, str(path), artifact_path=path.name)
+        elif path.is_file():
+            client.log_artifact(run_id, str(path))
+        else:  # removed since: waiting would not bring it back
+            _say(f"artifact {path} no longer exists; not sent")
+    elif "terminated" in batch[0]:
+        client.set_terminated(run_id, status=batch[0]["terminated"], end_time=batch[0]["ts"])
 
 
 # ---------------------------------------------------------------------------------------------------

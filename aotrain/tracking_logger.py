@@ -32,11 +32,12 @@ class JournaledMLFlowLogger(MLFlowLogger):
     to `wait_s` for the store, and prints how to send what still is not there.
     """
 
-    def __init__(self, *args, run_dir: str | Path, retry_s: float = 5.0, **kwargs):
+    def __init__(self, *args, run_dir: str | Path, retry_s: float = 5.0, final_wait_s: float = 60.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.run_dir = Path(run_dir)
         self.journal = Journal(self.run_dir / JOURNAL)
-        self.retry_s = retry_s
+        self.retry_s, self.final_wait_s = retry_s, final_wait_s
+        self._refused = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -63,10 +64,13 @@ class JournaledMLFlowLogger(MLFlowLogger):
         try:
             sent = send_pending(self.journal, self._mlflow_client, self._run_id)
         except Exception as e:  # noqa: BLE001 - whatever the store raised, training goes on
-            if not is_transient(e):
-                seq = self.journal.pending(self._run_id)[0]["seq"]
-                _say(f"the store refused record {seq} ({short_reason(e)}); skipped, it stays in {self.journal.path}")
-                self.journal.mark(self._run_id, seq)
+            if not is_transient(e):  # asking again would get the same answer: skip that batch, once
+                batch = [r for r in self.journal.pending(self._run_id) if r["seq"] <= e.journal_seq]
+                if not self._refused:
+                    _say(f"the store refused journal records {batch[0]['seq']}-{batch[-1]['seq']} "
+                         f"({short_reason(e)}); not sent, they stay in {self.journal.path}")
+                self._refused += sum(rows(r) for r in batch)
+                self.journal.mark(self._run_id, e.journal_seq)
                 return False
             if self._down_since is None:
                 self._down_since = time.time()
@@ -126,11 +130,10 @@ class JournaledMLFlowLogger(MLFlowLogger):
 
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:
-        if not self._initialized:
+        """Journal the run's end status (checkpoints are not logged as models: log_model=False)."""
+        if self._thread is None:
             return
         status = STATUSES.get(status, status.upper())
-        if status == "FINISHED" and self._checkpoint_callback:
-            self._scan_and_log_checkpoints(self._checkpoint_callback)
         last = next((r for r in reversed(self.journal.records) if "terminated" in r), None)
         if last is None or last["terminated"] != status:  # Lightning may finalize twice
             self._record({"terminated": status, "ts": _now_ms()})
@@ -138,11 +141,12 @@ class JournaledMLFlowLogger(MLFlowLogger):
     def unsent_rows(self) -> int:
         return sum(rows(r) for r in self.journal.pending(self._run_id)) if self._run_id else 0
 
-    def close(self, wait_s: float = 60.0) -> int:
-        """Stop the sender and send what is left, trying for up to `wait_s` seconds; returns the rows
-        still unsent (and says how to send them)."""
+    def close(self, wait_s: float | None = None) -> int:
+        """Stop the sender and send what is left, trying for up to `wait_s` seconds (final_wait_s); returns
+        the rows still unsent (and says how to send them). Also run at exit, if the run never got here."""
         if self._closed or self._thread is None:
             return 0
+        wait_s = self.final_wait_s if wait_s is None else wait_s
         self._closed = True
         atexit.unregister(self.close)
         self._stop.set()
@@ -153,6 +157,8 @@ class JournaledMLFlowLogger(MLFlowLogger):
             time.sleep(min(self.retry_s, max(0.0, deadline - time.time())))
         self.journal.close()
         left = self.unsent_rows()
+        if self._refused:
+            _say(f"the store refused {self._refused} rows in all; they are in {self.journal.path} only")
         if left:
             _say(f"{self._tracking_uri} did not answer; {left} unsent rows are kept in {self.journal.path}; "
                  f"send them with: aotrain sync {self.run_dir}")

@@ -256,7 +256,7 @@ def fit(cfg) -> dict:
     subset_manifest = Path(cfg.data.pool).parent / "subset" / "manifest.json"  # when a subset was selected
     log_artifacts(logger, [run_dir / "config.yaml", run_dir / "summary.json", run_dir / RECORD, run_dir / "eval",
                            subset_manifest])
-    close_logger(logger, cfg)  # a store still down: the journal keeps the rows for `aotrain sync`
+    close_logger(logger)  # a store still down: the journal keeps the rows for `aotrain sync`
     return summary
 
 

@@ -117,10 +117,9 @@ RULES: dict[str, dict[str, Rule]] = {
         "num_workers": COUNT,
         "open_world": BOOL,
         "device": DEVICE,
-        "log_to": choice("none", "new", "checkpoint"),
     },
+    # log_to= (aotrain eval) and launcher.kind= (aotrain sweep) are checked by their commands, first thing.
     "sweep": {   # aotrain sweep (each cell's fit config is checked with "config" when it is composed)
-        "launcher.kind": choice("local", "submitit"),
         "launcher.parallel": POSITIVE_INT,
         "launcher.threads": or_null(POSITIVE_INT),
         "twins": BOOL,

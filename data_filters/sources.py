@@ -11,7 +11,8 @@ sample rule the training stream applies (data_filters/samples.py: a sample witho
 or caption is counted in `.skipped` by kind). Null, empty or undecodable captions are counted in
 `.malformed`, not yielded; truncated shards are listed in `.truncated` after the samples before the damage.
 A table with a "status" column (img2dataset's metadata: one row per URL) yields only its "success"
-rows; the rest are counted in `.not_downloaded`.
+rows; the rest are counted in `.not_downloaded`. CSV/TSV files are read one row per line: a line
+whose quote is left open is one `.malformed` row, never merged with the lines after it.
 """
 from __future__ import annotations
 

@@ -4,7 +4,9 @@
     python -m data_filters.stats_cli data/world/pool --vocab world:data/world --workers 2
 
 Writes OUT/stats.json and OUT/joint_counts.csv (each via a temp file + os.replace, and only after
-every input was read, so a failed run leaves no output behind). Bad inputs print one line on
+every input was read, so a failed run leaves no output behind). An OUT that exists and is not empty
+is refused before any counting unless --overwrite (the rule of every `aotrain filter` command:
+data_filters.files.check_output). Bad inputs print one line on
 stderr and return exit code 2. stats.json "diversity" holds the pair measures of
 data_filters.diversity (distinct pairs, grid coverage, attributes per object and objects per
 attribute, joint entropy, effective pairs) and "caption_diversity" the distinct labelled captions

@@ -15,6 +15,7 @@ import pyarrow.csv as pacsv
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 from sklearn.metrics import normalized_mutual_info_score
 
 from data_filters.counts import PairCounts, count_captions, count_files
@@ -96,9 +97,12 @@ def write_sources(folder):
     feather.write_feather(table, paths["arrow"])
     pacsv.write_csv(table, paths["csv"])
     pacsv.write_csv(table, paths["tsv"], pacsv.WriteOptions(delimiter="\t"))
+    png = io.BytesIO()
+    Image.new("RGB", (2, 2)).save(png, format="PNG")
     with tarfile.open(paths["tar"], "w") as tar:
         for i, (uid, cap) in enumerate(ROWS):
-            members = {"json": json.dumps({"key": uid}).encode()}
+            # a training shard's sample: an image and its caption (data_filters/samples.py's rule)
+            members = {"png": png.getvalue(), "json": json.dumps({"key": uid}).encode()}
             if cap is not None:
                 members["txt"] = cap.encode()
             for ext, data in members.items():

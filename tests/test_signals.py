@@ -63,3 +63,16 @@ def test_a_signal_during_set_up_stops_before_training_with_its_status(tmp_path):
     assert proc.returncode == 128 + signal.SIGUSR1, err[-3000:]
     assert "aotrain fit: interrupted by SIGUSR1 before training started; continue with:" in err
     assert not list(tmp_path.glob("runs/*/checkpoints/*.ckpt"))
+
+
+def test_under_ddp_a_signal_to_one_rank_stops_both_at_the_same_step(tmp_path):
+    """Only rank 0 is signalled; the step guard's all-reduce tells rank 1, and neither waits for the other."""
+    proc = run_cli("fit", "debug=smoke", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                   "trainer.precision=32-true", "data.batch_size=16", "trainer.max_steps=6", root=tmp_path,
+                   env={"AOTRAIN_RUN_ID": "ddp", "AOTRAIN_FAULT_AT_STEP": "1", "AOTRAIN_FAULT_SIGNAL": "TERM"},
+                   timeout=600)
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    assert "interrupted by SIGTERM at step 2" in proc.stderr
+    ckpt = torch.load(tmp_path / "runs" / "toy_low_nmi-ddp" / "checkpoints" / "interrupted-step2.ckpt",
+                      weights_only=True)
+    assert ckpt["global_step"] == 2

@@ -89,13 +89,17 @@ def cli_accepts_resume() -> bool:
 
 
 @pytest.mark.parametrize("template", TEMPLATES, ids=lambda p: p.name)
-def test_template_asks_slurm_for_one_task_per_gpu_requeue_and_warning_signal(template):
+def test_template_asks_slurm_for_tasks_requeue_and_warning_signal_but_no_gpus(template):
     text = template.read_text()
     sbatch = dict(re.findall(r"^#SBATCH\s+--([\w-]+)(?:=(\S+))?", text, re.M))
-    for option in ("nodes", "ntasks-per-node", "gpus-per-node", "cpus-per-task", "time", "output"):
+    for option in ("nodes", "ntasks-per-node", "cpus-per-task", "time", "output"):
         assert sbatch.get(option), f"{template.name}: no #SBATCH --{option}=..."
-    assert sbatch["ntasks-per-node"] == sbatch["gpus-per-node"], "one task per GPU"
-    assert sbatch.get("signal", "").startswith("SIGUSR1@"), "Lightning saves + requeues on SIGUSR1"
+    # The GPU request is the submitter's (sbatch --gpus-per-node=N --ntasks-per-node=N): a GPU line
+    # in the header makes sbatch refuse the job on a partition without GPUs.
+    gpu_options = {o for o in sbatch if o.startswith(("gpus", "gres", "gpu-"))}
+    assert not gpu_options, f"{template.name}: #SBATCH {gpu_options} bakes a GPU request in"
+    assert re.search(r"sbatch .*--gpus-per-node=(\d+) --ntasks-per-node=\1 ", text), "usage with GPUs"
+    assert sbatch.get("signal", "").startswith("SIGUSR1@"), "aotrain checkpoints + requeues on SIGUSR1"
     assert "requeue" in sbatch
     assert re.search(r"^export AOTRAIN_RUN_ID=.*SLURM_JOB_ID", text, re.M), "one run folder for all tasks"
 
@@ -106,6 +110,40 @@ def test_template_asks_slurm_for_one_task_per_gpu_requeue_and_warning_signal(tem
                      "trainer.devices=$SLURM_NTASKS_PER_NODE", "resume=auto"):
         assert expected in argv
     subprocess.run(["bash", "-n", str(template)], check=True)
+
+
+@pytest.mark.parametrize("template", TEMPLATES, ids=lambda p: p.name)
+def test_template_stops_when_gpus_and_tasks_per_node_differ(template, tmp_path):
+    """`sbatch --gpus-per-node=8 slurm/...` without --ntasks-per-node=8: one process would get all 8
+    GPUs and use one. The script says so and exits 2 before anything runs."""
+    env = {k: v for k, v in os.environ.items() if k not in FOREIGN and not k.startswith("SLURM_")}
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", SLURM_JOB_ID="99",
+               SLURM_GPUS_ON_NODE="8", SLURM_NTASKS_PER_NODE="1", SLURM_NNODES="1", SLURM_JOB_NODELIST="n1")
+    env.pop("AOTRAIN_VENV", None)
+    proc = subprocess.run(["bash", str(template), "debug=smoke"], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "8 GPUs but 1 tasks per node" in proc.stderr and "--gpus-per-node=8 --ntasks-per-node=8" in proc.stderr
+    assert not list(tmp_path.iterdir()), "nothing written"
+
+
+DOCS = [REPO / "README.md", REPO / "slurm" / "README.md", *sorted((REPO / "aotrain" / "sweeps").glob("*.py")),
+        REPO / "recipes" / "sweep.yaml", *sorted((REPO / "recipes" / "sweeps").glob("*.yaml"))]
+
+
+def test_extra_examples_in_the_docs_parse_as_lists_of_overrides():
+    """Every `'extra=[...]'` a user can copy from the docs is a list of fit overrides to Hydra
+    (unquoted `=` inside a list is a syntax error: "no viable alternative at input")."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    examples = [(doc.name, m) for doc in DOCS for m in re.findall(r"'(extra=\[[^']*\])'", doc.read_text())]
+    assert len(examples) >= 6, examples
+    for doc, example in examples:
+        if "..." in example:  # a pattern, e.g. 'extra=["trainer.max_steps=600",...]'
+            example = re.sub(r",\s*\.\.\.", "", example)
+        value = parser.parse_override(example).value()
+        assert isinstance(value, list) and all(isinstance(v, str) and "=" in v for v in value), (doc, example, value)
 
 
 @pytest.mark.parametrize("nodes", ["localhost", "127.0.0.1", "gpu[017-020]", "gpu017,gpu018"])

@@ -1,8 +1,8 @@
 """The Slurm templates and the sweep's submitit launcher on a real one-node Slurm cluster (CPU).
 
     apt-get install -y slurmctld slurmd slurm-client munge      # as root (.ci/run does it)
-    python -m pytest tests/test_slurm_cluster.py -q             # one job, one pre-emption, a 2-cell sweep
-    python -m pytest tests/test_slurm_cluster.py -q -m slow     # 10 pre-emptions in a row
+    python -m pytest tests/test_slurm_cluster.py -q             # a 2-rank job, a pre-emption (~5 min on 2 cores)
+    python -m pytest tests/test_slurm_cluster.py -q -m slow     # 10 pre-emptions in a row, a 2-cell submitit sweep
 
 The cluster comes from tests/slurm_cluster.py (skipped without Slurm or root). Every job is the
 1-node template as a user submits it on a GPU-less partition:
@@ -238,6 +238,7 @@ def test_ten_preemptions_in_a_row_no_hang_same_weights(slurm_cluster, site):
           f"{time.monotonic() - started:.0f} s")
 
 
+@pytest.mark.slow  # ~1.5 min more; the launcher's own path is in the default suite (test_sweep.py, submitit_local)
 def test_two_cell_sweep_runs_as_slurm_jobs_through_submitit(slurm_cluster, site):
     """`aotrain sweep recipe=tiny launcher.kind=submitit` on this cluster: both cells are Slurm jobs
     (one array job named aotrain-tiny) and both fits finish."""
