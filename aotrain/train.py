@@ -16,12 +16,13 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import OmegaConf
 
 from aotrain.benchmarks import Benchmark
 from aotrain.callbacks.evaluation import BenchmarkEvaluation
 from aotrain.callbacks.fault import fault_callbacks
-from aotrain.callbacks.step_guard import Interrupted, StepGuard, install_signal_flags
+from aotrain.callbacks.step_guard import Interrupted, StepGuard, install_signal_flags, stop_at_step_boundary
 from aotrain.checkpoints import load_checkpoint_file
 from aotrain.config import UserError, instantiate, resolve, to_dict
 from aotrain.parity import RECORD, differences, flat_params, load_record, parity_record
@@ -190,9 +191,10 @@ def _resume(cfg) -> tuple[Path | None, dict | None]:
 
 def fit(cfg) -> dict:
     """Train and evaluate one config; returns (and writes to <run_dir>/summary.json) where things are."""
-    # From here a SIGTERM/SIGUSR1/SIGUSR2 only sets a flag; training stops at a step boundary with a
-    # checkpoint (aotrain/callbacks/step_guard.py), or before its first step if it came during set-up.
-    install_signal_flags()
+    # SIGTERM/SIGUSR1/SIGUSR2 (aotrain/callbacks/step_guard.py): during set-up they stop the command at
+    # once (nothing to save); from the Trainer on they set a flag and training stops at a step boundary
+    # with a checkpoint.
+    install_signal_flags(at_once=True)
     if is_rank_zero():  # the store answers and can be written, before any world, subset or run folder
         check_store(cfg.logger.tracking_uri)
     ckpt, pointer = _resume(cfg)
@@ -208,8 +210,12 @@ def fit(cfg) -> dict:
     if cfg.parity.twin:
         check_twin(parity, cfg.parity.twin)  # before anything is written or trained
     callbacks = build_callbacks(cfg, run_dir)
+    stop_at_step_boundary()
+    # Under Slurm the step guard handles the pre-emption signal: Lightning's own requeue handler
+    # (it checkpoints inside the signal handler, which can deadlock DDP) stays off.
+    slurm = {"plugins": [SLURMEnvironment(auto_requeue=False)]} if SLURMEnvironment.detect() else {}
     trainer = instantiate(cfg.trainer, logger=False, callbacks=callbacks + fault_callbacks(),
-                          default_root_dir=str(run_dir))
+                          default_root_dir=str(run_dir), **slurm)
     # Only rank 0 talks to MLflow: ranks started together by srun would otherwise all open (and
     # migrate) a fresh SQLite store at once. The others log nothing, so they need no LR monitor.
     if trainer.is_global_zero:

@@ -61,14 +61,19 @@ def _watch(parent: int, direct: bool) -> None:
     os._exit(1)  # no cleanup: the parent that would use our results is gone
 
 
-def die_with_parent(parent: int, sig: int = _KILL, watch: bool = True) -> None:
+def die_with_parent(parent: int, sig: int = _KILL, watch: bool = True, direct: bool | None = None) -> None:
     """Make this child process get `sig` when process `parent` dies; exit now if it already has.
 
     `parent` is usually this process's parent; when it is not (a forkserver started the worker), or
     where the kernel cannot do it (not Linux), a thread polls it instead. watch=False: no thread
     (before an exec, which drops threads).
     """
-    direct = os.getppid() == parent
+    if direct is None:
+        direct = os.getppid() == parent
+    elif direct and os.getppid() != parent:
+        # A forked command's parent died before this ran (it may still be an unreaped zombie,
+        # which os.kill(parent, 0) would take for alive).
+        os._exit(1)
     if direct and _ask_kernel(sig):
         # The parent may have died between the fork and the prctl: the kernel signals nobody then.
         if _gone(parent, direct):
@@ -102,4 +107,4 @@ def exit_with_parent(sig: int = signal.SIGTERM):
     SIGTERM by default, so that a child command can still save its state and say why it stopped.
     """
     _libc()
-    return functools.partial(die_with_parent, os.getpid(), sig, False)
+    return functools.partial(die_with_parent, os.getpid(), sig, False, True)

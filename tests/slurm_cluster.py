@@ -84,6 +84,7 @@ class SlurmCluster:
     cpus: int
     partition: str = "debug"
     daemons: dict = field(default_factory=dict)   # name -> Popen
+    startup_s: float = 0.0                        # from the first daemon to a working `srun -n2`
 
     @property
     def conf(self) -> Path:
@@ -219,7 +220,7 @@ def write_config(folder: Path, node: str) -> int:
         "AuthType=auth/munge",
         "CredType=cred/munge",
         # cred_expire: a requeued job may start only after its old credentials expired; the default
-        # (120 s + a minute) would make every pre-emption test wait two minutes.
+        # (120 s) would make every requeued job wait over two minutes.
         f"AuthInfo={auth}",
         f"StateSaveLocation={folder / 'state'}",
         f"SlurmdSpoolDir={folder / 'spool'}",
@@ -290,6 +291,7 @@ def start_cluster(folder: Path, timeout: float = 90) -> SlurmCluster:
     node = socket.gethostname().split(".")[0]  # slurmd names itself by the short host name
     cpus = write_config(folder, node)
     cluster = SlurmCluster(folder=folder, node=node, cpus=cpus)
+    started = time.monotonic()
     try:
         cluster.daemons["munged"] = _start_munged(folder)
         socket_path = folder / "munge" / "munge.socket"
@@ -317,6 +319,7 @@ def start_cluster(folder: Path, timeout: float = 90) -> SlurmCluster:
     except BaseException:
         cluster.stop()
         raise
+    cluster.startup_s = time.monotonic() - started
     return cluster
 
 
@@ -335,9 +338,7 @@ def slurm_cluster():
     reason = unavailable()
     if reason:
         pytest.skip(reason)
-    started = time.monotonic()
     cluster = start_cluster(Path(tempfile.mkdtemp(prefix="aotrain-slurm-")))
-    cluster.startup_s = time.monotonic() - started
     try:
         yield cluster
     finally:
@@ -349,9 +350,8 @@ if __name__ == "__main__":
     reason = unavailable()
     if reason:
         raise SystemExit(reason)
-    t0 = time.monotonic()
     c = start_cluster(Path(tempfile.mkdtemp(prefix="aotrain-slurm-")))
-    print(f"cluster up in {time.monotonic() - t0:.1f} s (node {c.node}, {c.cpus} CPUs)\nexport SLURM_CONF={c.conf}",
+    print(f"cluster up in {c.startup_s:.1f} s (node {c.node}, {c.cpus} CPUs)\nexport SLURM_CONF={c.conf}",
           flush=True)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill PID` stops it as Ctrl-C does
     try:

@@ -2,6 +2,7 @@
 in one MLflow run."""
 import json
 
+import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -47,3 +48,19 @@ def test_resume_from_a_path_without_checkpoint_is_a_clear_error(tmp_path):
     proc = run_cli("fit", "debug=smoke", f"resume={tmp_path / 'nowhere'}", root=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "resume=" in proc.stderr and "no checkpoint there" in proc.stderr
+
+
+@pytest.mark.slow
+def test_kill_at_three_different_steps_each_resumes_to_the_same_weights(tmp_path):
+    """kill -9 after steps 1, 4 and 5 (before the first checkpoint, just after one, one step past it)."""
+    full = run_cli(*ARGS, root=tmp_path, env={"AOTRAIN_RUN_ID": "full"})
+    assert full.returncode == 0, full.stderr[-3000:]
+    _, reference = _weights(tmp_path, "full")
+    for step in (1, 4, 5):
+        cut = run_cli(*ARGS, root=tmp_path, env={"AOTRAIN_RUN_ID": f"cut{step}", "AOTRAIN_FAULT_AT_STEP": str(step)})
+        assert cut.returncode == -9
+        resumed = run_cli(*ARGS, "resume=auto", root=tmp_path, env={"AOTRAIN_RUN_ID": f"cut{step}"})
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        final_step, weights = _weights(tmp_path, f"cut{step}")
+        assert final_step == 6, step
+        assert all(torch.equal(reference[k], weights[k]) for k in reference), f"killed after step {step}"

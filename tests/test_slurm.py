@@ -217,7 +217,8 @@ def test_launch_line_trains_as_two_slurm_tasks_into_one_run_folder(tmp_path, cli
 
     for rank, text in enumerate(outs):
         assert f"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2" in text, text[-3000:]
-        assert "SLURM auto-requeueing enabled" in text, "SLURMEnvironment was not used"
+        # aotrain's step guard handles pre-emption signals; Lightning's requeue handler stays off
+        assert "SLURM auto-requeueing enabled" not in text
     runs = [d for d in (tmp_path / "runs").iterdir() if d.is_dir()]
     assert [d.name for d in runs] == ["toy_low_nmi-slurmtest"], runs
     summary = json.loads((runs[0] / "summary.json").read_text())

@@ -10,6 +10,8 @@ the run folder (`resume=auto` finds it), and before the next batch (the step's m
     re-runs its batch script, whose `resume=auto` continues from that checkpoint;
   * otherwise `Interrupted` is raised: `aotrain fit` marks the MLflow run KILLED, prints how to
     resume and exits with 128 + the signal number (143 for SIGTERM).
+Before the Trainer is built (toy world, subset stages) nothing is trained and nothing needs saving:
+a signal stops the command at once, with the same exit status (and the same requeue under Slurm).
 
 Bad data: the streams count skipped samples per kind (aotrain/data/shard_stream.py); summed over
 ranks they are logged as `data/skipped_<kind>`, `data/truncated_shards`, `data/refilled` and
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,16 +47,43 @@ JUDGED_AFTER = 10_000
 INTERRUPTED_CHECKPOINT = "interrupted-step{step}.ckpt"
 
 _received: list[int] = []
+_at_once = [False]  # before the Trainer exists there is nothing to save: stop at once
 
 
 def _flag(signum, _frame) -> None:
-    _received.append(signum)  # nothing else in a handler: see the module docstring
+    _received.append(signum)  # nothing else in a handler once training may run: see the module docstring
+    if _at_once[0]:
+        _at_once[0] = False
+        rank_zero = os.environ.get("SLURM_PROCID", os.environ.get("RANK", "0")) == "0"
+        raise Interrupted(signum, 0, None, requeued=requeue_slurm_job(signum, rank_zero))
 
 
-def install_signal_flags() -> None:
-    """Route the stop signals to the flag (from the main thread; Lightning restores its own at teardown)."""
+def install_signal_flags(at_once: bool = False) -> None:
+    """Route the stop signals to the flag (from the main thread; Lightning restores its own at teardown).
+
+    at_once=True (set-up: world, subset stages): a signal raises Interrupted right away, nothing
+    trained and nothing to save; `stop_at_step_boundary()` ends that before the Trainer is built."""
+    _at_once[0] = at_once
     for signum in STOP_SIGNALS:
         signal.signal(signum, _flag)
+
+
+def stop_at_step_boundary() -> None:
+    _at_once[0] = False
+
+
+def requeue_slurm_job(signum: int, rank_zero: bool) -> bool:
+    """Under Slurm, on SIGUSR1/SIGUSR2: `scontrol requeue` this job (from rank 0); whether it is requeued."""
+    if signum not in REQUEUE_SIGNALS or not os.environ.get("SLURM_JOB_ID"):
+        return False
+    if not rank_zero:
+        return True  # rank 0 asks for all
+    job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job else os.environ["SLURM_JOB_ID"]
+    done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"aotrain: scontrol requeue {job} failed: {done.stderr.strip()}", file=sys.stderr, flush=True)
+    return done.returncode == 0
 
 
 def received_signal() -> int | None:
@@ -190,15 +220,12 @@ class StepGuard(L.Callback):
     def _save(self, trainer) -> str:
         path = self.run_dir / "checkpoints" / INTERRUPTED_CHECKPOINT.format(step=trainer.global_step)
         trainer.save_checkpoint(str(path))  # every rank calls it: sharded strategies write their part
+        if trainer.is_global_zero:  # one interruption checkpoint is enough: older ones are full copies too
+            for old in path.parent.glob("interrupted-step*.ckpt"):
+                if old != path:
+                    shutil.rmtree(old) if old.is_dir() else old.unlink()
         return str(path)
 
     def _stop(self, trainer, signum: int, checkpoint: str | None) -> None:
-        requeue = signum in REQUEUE_SIGNALS and bool(os.environ.get("SLURM_JOB_ID"))
-        if requeue and trainer.is_global_zero:
-            job = os.environ.get("SLURM_ARRAY_JOB_ID")
-            job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job else os.environ["SLURM_JOB_ID"]
-            done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
-            if done.returncode != 0:
-                print(f"aotrain: scontrol requeue {job} failed: {done.stderr.strip()}", file=sys.stderr, flush=True)
-                requeue = False
-        raise Interrupted(signum, trainer.global_step, checkpoint, requeued=requeue)
+        requeued = requeue_slurm_job(signum, trainer.is_global_zero)
+        raise Interrupted(signum, trainer.global_step, checkpoint, requeued=requeued)
