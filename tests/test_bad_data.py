@@ -194,17 +194,15 @@ def test_too_many_bad_samples_stop_the_run_naming_the_worst_shard(world, tmp_pat
     assert "worst shards: shard-000001.tar" in error[0] and "bad_image" in error[0]
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda p: p.write_bytes(b""), "empty file (0 bytes)"),
-    (lambda p: p.write_bytes(b"<html>404 not found</html>" * 40), "not a tar archive"),
-])
-def test_an_unusable_shard_is_named_before_any_work(world, tmp_path, damage, message):
+def test_unusable_shards_are_named_before_any_work(world, tmp_path):
     pool = tmp_path / "pool"
     shutil.copytree(world / "pool", pool)
-    damage(pool / "shard-000001.tar")
+    (pool / "shard-000001.tar").write_bytes(b"")
+    (pool / "shard-000002.tar").write_bytes(b"<html>404 not found</html>" * 40)  # a failed download saved as is
     (tmp_path / "out").mkdir()
     proc = run_cli("fit", "recipe=null", "~world", f"data.pool={pool}", "eval=imagenet_ao",
                    f"eval.benchmarks.imagenet_ao={world}/imagenet_ao/unseen", root=tmp_path / "out")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "shard-000001.tar: " + message in proc.stderr
+    assert "2 of 3 shards" in proc.stderr and "shard-000001.tar: empty file (0 bytes)" in proc.stderr
+    assert "shard-000002.tar: not a tar archive" in proc.stderr
     assert not (tmp_path / "out" / "runs").exists()

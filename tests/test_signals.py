@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -65,6 +66,7 @@ def test_a_signal_during_set_up_stops_before_training_with_its_status(tmp_path):
     assert not list(tmp_path.glob("runs/*/checkpoints/*.ckpt"))
 
 
+@pytest.mark.slow  # the agreement across ranks also runs by default under Slurm (tests/test_slurm_cluster.py)
 def test_under_ddp_a_signal_to_one_rank_stops_both_at_the_same_step(tmp_path):
     """Only rank 0 is signalled; the step guard's all-reduce tells rank 1, and neither waits for the other."""
     proc = run_cli("fit", "debug=smoke", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",

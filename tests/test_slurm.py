@@ -175,7 +175,9 @@ def test_lightning_reads_the_allocation_from_slurm_variables(monkeypatch, nodes)
 
 
 # fresh-store: tasks started together must not race to create the SQLite store (only rank 0 opens it).
-@pytest.mark.parametrize("precreate_mlflow_store", [True, False], ids=["store-exists", "fresh-store"])
+# store-exists is slow-marked: tests/test_slurm_cluster.py runs the template under a real Slurm by default.
+@pytest.mark.parametrize("precreate_mlflow_store", [pytest.param(True, marks=pytest.mark.slow), False],
+                         ids=["store-exists", "fresh-store"])
 def test_launch_line_trains_as_two_slurm_tasks_into_one_run_folder(tmp_path, cli_accepts_resume,
                                                                      precreate_mlflow_store):
     template = REPO / "slurm" / "fit_1node.sbatch"

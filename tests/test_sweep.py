@@ -153,3 +153,16 @@ def test_bad_sweeps_fail_before_any_fit_with_one_line(tmp_path, args, message):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_requeued_submitit_cell_continues_its_own_run_folder():
+    """After a pre-emption the Slurm job runs the same cell again: it resumes its run, confined to it."""
+    from aotrain.sweeps.hydra_job import cell_argv
+
+    argv = ["python", "-m", "aotrain.cli", "fit", "name=tiny", "run_id=nmi0.1-seed0", "logger.run_id=abc"]
+    env = {"SLURM_RESTART_COUNT": "0"}
+    assert cell_argv(argv, env) == argv and "AOTRAIN_RUN_ID" not in env
+    env = {"SLURM_RESTART_COUNT": "2"}
+    assert cell_argv(argv, env) == [*argv, "resume=auto"] and env["AOTRAIN_RUN_ID"] == "nmi0.1-seed0"
+    named = [*argv, "resume=/runs/tiny-nmi0.1-seed0"]  # the sweep already resumed it: left as it is
+    assert cell_argv(named, {"SLURM_RESTART_COUNT": "1"}) == named

@@ -39,8 +39,22 @@ def run_cell(jobs_file: str, index: int) -> int:
     log = Path(job["log"] if rank == "0" else f"{job['log']}.rank{rank}")
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "AOTRAIN_RUN_ID"}
+    argv = cell_argv(job["argv"], env)
     with open(log, "a") as out:
-        return subprocess.run(job["argv"], stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+        return subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+
+
+def cell_argv(argv: list[str], env: dict) -> list[str]:
+    """The cell's fit command; in a requeued job (pre-empted, or timed out: the fit saved a checkpoint
+    and asked Slurm to requeue, aotrain/callbacks/step_guard.py) it continues the cell's own run
+    folder (`resume=auto` confined to it through AOTRAIN_RUN_ID) instead of starting again."""
+    if int(env.get("SLURM_RESTART_COUNT", "0") or 0) == 0 or any(a.startswith("resume=") for a in argv):
+        return list(argv)  # a first start, or the sweep already named the checkpoint folder
+    run_id = next((a.split("=", 1)[1] for a in argv if a.startswith("run_id=")), None)
+    if run_id is None:
+        return list(argv)
+    env["AOTRAIN_RUN_ID"] = run_id
+    return [*argv, "resume=auto"]
 
 
 @hydra.main(version_base="1.3", config_path=None, config_name="aotrain_sweep_job")
