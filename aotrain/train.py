@@ -29,6 +29,7 @@ from aotrain.parity import RECORD, differences, flat_params, load_record, parity
 from aotrain.subset import pool_shards, prepare_subset
 from aotrain.toyworld import generate_world, load_world
 from aotrain.resume import find_resume
+from data_filters.files import write_text_atomic
 from aotrain.tracking import (check_store, close_logger, curated_params, is_rank_zero, log_artifacts, make_logger,
                               read_run_pointer, write_run_pointer)
 from data_filters.files import OutputError, check_writable
@@ -258,11 +259,15 @@ def fit(cfg) -> dict:
         "metrics": evaluation.headline() if evaluation else {},
         "data_skipped": skipped,
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    # <run_dir>/summary.json marks the run done (a sweep skips such a cell), so it is written last, once
+    # the journal has been sent or kept: its artifact copy is staged beside it first.
+    staged = run_dir / "artifacts" / "summary.json"
+    staged.parent.mkdir(exist_ok=True)
+    staged.write_text(json.dumps(summary, indent=2))
     subset_manifest = Path(cfg.data.pool).parent / "subset" / "manifest.json"  # when a subset was selected
-    log_artifacts(logger, [run_dir / "config.yaml", run_dir / "summary.json", run_dir / RECORD, run_dir / "eval",
-                           subset_manifest])
+    log_artifacts(logger, [run_dir / "config.yaml", staged, run_dir / RECORD, run_dir / "eval", subset_manifest])
     close_logger(logger)  # a store still down: the journal keeps the rows for `aotrain sync`
+    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
