@@ -1,6 +1,6 @@
 """The stages between a caption pool and training: stats (label) -> select -> reshard, each cached.
 
-    pool (webdataset shards, + img2dataset/DataComp parquet) -> labels.parquet + stats.json
+    pool (data_filters/pools.py: img2dataset, DataComp or webdataset shards) -> labels.parquet + stats.json
       -> subset (size, NMI target, fixed marginals) -> shards holding exactly the subset
 
 All of it is data_filters' code (`aotrain filter label|select|reshard` run the same functions). Each
@@ -22,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from data_filters.dedupe import load_selection_pool
 from data_filters.files import no_empty_folders_on_error, write_text_atomic
 from data_filters.label import label_captions, load_labels, skipped_line
 from data_filters.nmi import joint_stats
+from data_filters.pools import open_pool, pool_shards
 from data_filters.reshard import reshard
-from data_filters.samples import check_shard_file, read_shard
 from data_filters.select import pair_counts, select_subset, write_subset
 from data_filters.vocab import vocabulary_checksum
 
@@ -39,45 +40,6 @@ def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def pool_shards(pool: Path) -> list[Path]:
-    """The pool's webdataset shards (sorted); ValueError when there are none."""
-    pool = Path(pool)
-    if pool.exists() and not pool.is_dir():
-        raise ValueError(f"{pool} is a file, not a folder: give the folder that holds the pool's .tar shards")
-    if not pool.is_dir():
-        raise FileNotFoundError(f"pool folder not found: {pool} (a folder of webdataset .tar shards)")
-    shards = sorted(pool.glob("*.tar"))
-    if not shards:
-        raise ValueError(f"no .tar shards in {pool}: give an img2dataset or DataComp output folder")
-    broken = [(s.name, why) for s in shards if (why := check_shard_file(s))]
-    if broken:  # cheap (first block only): a shard damaged further in is counted while it is read
-        named = "; ".join(f"{name}: {why}" for name, why in broken[:5])
-        more = f" (and {len(broken) - 5} more)" if len(broken) > 5 else ""
-        raise ValueError(f"{len(broken)} of {len(shards)} shards in {pool} cannot be used: {named}{more}; "
-                         "remove or re-download them")
-    return shards
-
-
-def caption_files(pool: Path) -> list[Path]:
-    """Where the pool's captions are read from: the per-shard parquet files img2dataset and DataComp
-    write next to the shards (no image bytes to skip), else the shards themselves."""
-    tables = sorted(Path(pool).glob("*.parquet"))
-    return tables or pool_shards(pool)
-
-
-def uid_field(pool: Path) -> str:
-    """The per-sample id that joins captions to shard samples: "uid" (DataComp, the toy world) when the
-    metadata has it, else img2dataset's "key" (parquet column, json field and sample name alike)."""
-    import pyarrow.parquet as pq
-
-    tables = sorted(Path(pool).glob("*.parquet"))
-    if tables:
-        return "uid" if "uid" in pq.ParquetFile(tables[0]).schema_arrow.names else "key"
-    for _, members in read_shard(pool_shards(pool)[0], images=False):
-        return "uid" if "uid" in json.loads(members.get("json", b"{}")) else "__key__"
-    return "__key__"
-
-
 def _fingerprint(files: list[Path]) -> list:
     # Names, sizes and modification times: re-reading 12M captions to hash them would cost as much
     # as labelling them again.
@@ -85,8 +47,11 @@ def _fingerprint(files: list[Path]) -> list:
 
 
 def label_stage(pool: Path, vocab_spec: str, cache: Path) -> tuple[Path, dict]:
-    """(labels.parquet, stats) of the pool's captions under `vocab_spec`; cached by pool and vocabulary."""
-    files = caption_files(pool)
+    """(labels.parquet, stats) of the pool's captions under `vocab_spec`; cached by pool and vocabulary.
+    The pool is read as data_filters/pools.py recognises it, like `aotrain filter label <pool>`."""
+    pool_shards(pool)  # a usable pool folder, before anything is read
+    found = open_pool(pool)
+    files = list(found.caption_files)
     folder = Path(cache) / f"labels-{_key(_fingerprint(files), vocabulary_checksum(vocab_spec))}"
     labels, stats_path = folder / "labels.parquet", folder / "stats.json"
     if stats_path.is_file():
@@ -94,20 +59,19 @@ def label_stage(pool: Path, vocab_spec: str, cache: Path) -> tuple[Path, dict]:
         _say("stats", f"reusing {folder} ({stats['labelled']:,} of {stats['captions']:,} captions labelled, "
                       f"pool NMI {stats['nmi']:.3f})")
         return labels, stats
-    _say("stats", f"labelling the captions of {len(files)} file(s) in {pool} -> {labels}")
+    _say("stats", f"{found.describe()}; labelling -> {labels}")
     with no_empty_folders_on_error(Path(cache), folder):  # a failed start leaves no empty cache folder
         folder.mkdir(parents=True, exist_ok=True)
-        column = uid_field(pool)
-        # Tables name their uid column; shards fall back from the json "uid" to the sample key by themselves.
-        counts = label_captions(files, vocab_spec, labels,
-                                uid_column=column if files[0].suffix == ".parquet" else None)
+        counts = label_captions(found, vocab_spec, labels)
     uids, attr_idx, obj_idx, attributes, objects = load_labels(labels)
     table = pair_counts(attr_idx, obj_idx, len(attributes), len(objects))
-    stats = {**{k: counts[k] for k in ("captions", "labelled", "malformed", "skipped", "truncated_shards")},
-             "uid_field": column,
+    stats = {**{k: counts[k] for k in ("captions", "labelled", "malformed", "not_downloaded", "skipped",
+                                       "truncated_shards", "pool_kind")},
+             "uid_field": found.shard_uid_field,
              "vocabulary": vocab_spec, **joint_stats(table)}
     write_text_atomic(stats_path, json.dumps(stats, indent=1) + "\n")
-    _say("stats", f"{stats['labelled']:,} of {stats['captions']:,} captions name one pair; pool NMI {stats['nmi']:.3f}")
+    _say("stats", f"{stats['labelled']:,} of {stats['captions']:,} captions name one pair; pool NMI {stats['nmi']:.3f}"
+                  + (f"; {stats['not_downloaded']:,} failed downloads (not samples)" if stats["not_downloaded"] else ""))
     if counts["skipped"] or counts["truncated_shards"]:
         _say("stats", skipped_line(counts["skipped"], counts["truncated_shards"]))
     return labels, stats
@@ -133,8 +97,13 @@ def select_stage(labels: Path, spec: dict, cache: Path) -> Path:
         return folder
     _say("select", f"selecting {spec['size']:,} samples at {words} -> {folder / 'subset'}")
     with no_empty_folders_on_error(folder.parent, folder):  # an infeasible target leaves no empty folder
-        chosen = select_subset(*load_labels(labels), size=spec["size"], nmi_target=spec["nmi"],
-                               distinct_pairs=spec.get("pairs"), seed=spec["seed"], tol=spec["tol"])
+        # The same pool `aotrain filter select` draws from: duplicate images dropped (data_filters/dedupe.py).
+        pool, caption_keys, dedupe = load_selection_pool(labels, spec.get("dedupe"))
+        if dedupe["duplicates_dropped"]:
+            _say("select", f"{dedupe['duplicates_dropped']:,} labelled samples dropped as duplicate images")
+        chosen = select_subset(*pool, size=spec["size"], nmi_target=spec["nmi"], distinct_pairs=spec.get("pairs"),
+                               seed=spec["seed"], tol=spec["tol"], caption_keys=caption_keys)
+        chosen.manifest.update(dedupe)
         write_subset(chosen, folder / "subset", source=str(labels))
     return folder
 
@@ -148,7 +117,7 @@ def reshard_stage(pool: Path, folder: Path, samples_per_shard: int, field: str) 
     _say("reshard", f"writing the subset's samples -> {shards}")
     uids = np.load(folder / "subset" / "subset.npy")
     reshard([str(p) for p in pool_shards(pool)], uids, shards, samples_per_shard=samples_per_shard,
-            uid_field=field)
+            uid_field=field)  # keys survive: each sample's json has source_key and uid; key_map.parquet
     return shards
 
 
@@ -164,4 +133,6 @@ def prepare_subset(pool: Path, vocab_spec: str, spec: dict, cache: Path,
     shards = reshard_stage(Path(pool), folder, samples_per_shard, stats["uid_field"])
     manifest = json.loads((folder / "subset" / "manifest.json").read_text())
     return shards, {**manifest, "pool": str(pool), "pool_nmi": stats["nmi"], "pool_labelled": stats["labelled"],
+                    "pool_captions": stats["captions"], "pool_kind": stats.get("pool_kind"),
+                    "not_downloaded": stats.get("not_downloaded", 0),
                     "pool_skipped": stats.get("skipped", {}), "pool_truncated_shards": stats.get("truncated_shards", [])}

@@ -17,7 +17,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from aotrain.benchmarks import Benchmark
 from aotrain.callbacks.evaluation import BenchmarkEvaluation
@@ -72,6 +72,8 @@ def prepare(cfg) -> tuple[dict | None, dict | None]:
     subset = None
     if cfg.subset.nmi is not None or cfg.subset.pairs is not None:
         pool, subset = _select(pool, vocabulary, cache, cfg)
+        if world is None:  # the toy world's split names say which pairs were seen (held out of its pool)
+            _seen_from_subset(cfg, subset_manifest(pool), vocabulary)
     cfg.train_pool = str(pool)
     cfg.data.pool = cfg.train_pool
     resolve(cfg)
@@ -79,7 +81,7 @@ def prepare(cfg) -> tuple[dict | None, dict | None]:
 
 
 def _select(pool: Path, vocabulary: str, cache: Path, cfg) -> tuple[Path, dict]:
-    spec = {k: cfg.subset[k] for k in ("size", "nmi", "pairs", "seed", "tol")}
+    spec = {k: cfg.subset[k] for k in ("size", "nmi", "pairs", "seed", "tol", "dedupe")}
     if spec["size"] is None:
         raise UserError("subset.nmi or subset.pairs is set but subset.size is not: set subset.size=N")
     try:
@@ -89,6 +91,58 @@ def _select(pool: Path, vocabulary: str, cache: Path, cfg) -> tuple[Path, dict]:
             raise UserError(f"subset.size={spec['size']}: the pool has {e.largest_size:,} labelled samples, "
                             f"so subset.size can be at most {e.largest_size}") from None
         raise UserError(f"subset: {e}") from None
+
+
+def subset_manifest(shards: Path) -> Path:
+    """The manifest.json of the subset whose shards are `shards` (aotrain/subset.py's layout)."""
+    return Path(shards).parent / "subset" / "manifest.json"
+
+
+def _seen_from_subset(cfg, manifest: Path, vocabulary: str) -> None:
+    """Unless eval.seen_from is set, the benchmark's pairs are marked seen or unseen by the training
+    subset's pairs, read in the vocabulary the subset was labelled with (data.vocabulary)."""
+    if cfg.eval.get("seen_from") is not None:  # an explicit setting wins
+        return
+    with open_dict(cfg.eval):
+        cfg.eval.seen_from = str(manifest)
+        if cfg.eval.get("seen_vocabulary") is None:
+            cfg.eval.seen_vocabulary = vocabulary
+
+
+def subset_facts(subset: dict | None) -> dict | None:
+    """What the run trained on and what the pool lost on the way to it: summary.json's "subset"."""
+    if subset is None:
+        return None
+    facts = {k: subset.get(k) for k in ("size", "nmi", "nmi_target", "distinct_pairs", "distinct_pairs_target",
+                                         "pool", "pool_captions", "pool_labelled")}
+    if facts["pool_captions"] is not None and facts["pool_labelled"] is not None:
+        facts["pool_unlabelled"] = facts["pool_captions"] - facts["pool_labelled"]
+    for key in ("not_downloaded", "duplicates_dropped"):  # present when the pool stage counts them
+        if subset.get(key) is not None:
+            facts[key] = subset[key]
+    facts["pool_skipped"] = dict(subset.get("pool_skipped") or {})
+    facts["pool_truncated_shards"] = len(subset.get("pool_truncated_shards") or [])
+    return facts
+
+
+def _subset_params(facts: dict | None) -> dict:
+    """The subset's MLflow params that aotrain.tracking.curated_params does not already log (it logs
+    subset_size, data_nmi, data_nmi_target, data_distinct_pairs, subset_source_labelled, _skipped_*)."""
+    if facts is None or facts.get("pool") is None:
+        return {}
+    names = {"pool_captions": "subset_source_captions", "pool_unlabelled": "subset_source_unlabelled",
+             "not_downloaded": "subset_source_not_downloaded",
+             "duplicates_dropped": "subset_source_duplicates_dropped"}
+    return {name: _count(facts[key]) for key, name in names.items() if facts.get(key) is not None}
+
+
+def _count(value) -> int:
+    """A count that may come as a number, a {kind: n} mapping or a list of items."""
+    if isinstance(value, dict):
+        return int(sum(value.values()))
+    if isinstance(value, (list, tuple)):
+        return len(value)
+    return int(value)
 
 
 def _check_writable_paths(cfg) -> None:
@@ -211,6 +265,9 @@ def fit(cfg) -> dict:
     if cfg.parity.twin:
         check_twin(parity, cfg.parity.twin)  # before anything is written or trained
     callbacks = build_callbacks(cfg, run_dir)
+    seen_line = callbacks[0].benchmark.describe_seen()
+    if seen_line and is_rank_zero():
+        print(f"eval: {seen_line}", file=sys.stderr, flush=True)
     stop_at_step_boundary()
     # Under Slurm the step guard handles the pre-emption signal: Lightning's own requeue handler
     # (it checkpoints inside the signal handler, which can deadlock DDP) stays off.
@@ -230,7 +287,8 @@ def fit(cfg) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, run_dir / "config.yaml")
         (run_dir / RECORD).write_text(json.dumps(parity, indent=1) + "\n")
-        logger.log_hyperparams({**curated_params(cfg, world, subset, datamodule, module), **flat_params(parity)})
+        logger.log_hyperparams({**curated_params(cfg, world, subset, datamodule, module), **flat_params(parity),
+                                **_subset_params(subset_facts(subset))})
         write_run_pointer(run_dir, cfg.logger.tracking_uri, logger)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
@@ -258,14 +316,16 @@ def fit(cfg) -> dict:
         "steps": trainer.global_step,
         "metrics": evaluation.headline() if evaluation else {},
         "data_skipped": skipped,
+        "subset": subset_facts(subset),
+        "seen_pairs": callbacks[0].benchmark.seen_info,
     }
     # <run_dir>/summary.json marks the run done (a sweep skips such a cell), so it is written last, once
     # the journal has been sent or kept: its artifact copy is staged beside it first.
     staged = run_dir / "artifacts" / "summary.json"
     staged.parent.mkdir(exist_ok=True)
     staged.write_text(json.dumps(summary, indent=2))
-    subset_manifest = Path(cfg.data.pool).parent / "subset" / "manifest.json"  # when a subset was selected
-    log_artifacts(logger, [run_dir / "config.yaml", staged, run_dir / RECORD, run_dir / "eval", subset_manifest])
+    manifest = subset_manifest(Path(cfg.data.pool))  # when a subset was selected
+    log_artifacts(logger, [run_dir / "config.yaml", staged, run_dir / RECORD, run_dir / "eval", manifest])
     close_logger(logger)  # a store still down: the journal keeps the rows for `aotrain sync`
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
@@ -279,7 +339,35 @@ def format_summary(summary: dict) -> str:
         f"checkpoint    {summary['last_checkpoint']}",
         f"run folder    {summary['run_dir']}",
     ]
+    if summary.get("subset"):
+        lines += _subset_lines(summary["subset"])
     if summary.get("data_skipped"):
         lines.append(f"data          {summary['data_skipped']}")
     lines += [f"{k:<28}{v:.4f}" for k, v in summary["metrics"].items()]
     return "\n".join(lines)
+
+
+def _subset_lines(facts: dict) -> list[str]:
+    """The summary's "subset" and "dropped" lines (what the run trained on; what the pool lost before it)."""
+    nmi = f"NMI {facts['nmi']:.3f}" + (f" (target {facts['nmi_target']:g})" if facts.get("nmi_target") is not None
+                                       else " (no target)")
+    pairs = f"{facts['distinct_pairs']:,} distinct pairs" + (
+        f" (target {facts['distinct_pairs_target']})" if facts.get("distinct_pairs_target") is not None else "")
+    labelled = f" of {facts['pool_labelled']:,} labelled" if facts.get("pool_labelled") is not None else ""
+    lines = [f"subset        {facts['size']:,} samples{labelled}; {nmi}; {pairs}"]
+    if facts.get("pool") is None:
+        return lines
+    dropped = []
+    captions = facts.get("pool_captions")
+    if facts.get("pool_unlabelled"):
+        dropped.append(f"{facts['pool_unlabelled']:,} of {captions:,} pool captions name no single pair")
+    for key, words in (("not_downloaded", "not downloaded"), ("duplicates_dropped", "duplicate images")):
+        if facts.get(key):
+            dropped.append(f"{_count(facts[key]):,} {words}")
+    dropped += [f"{n:,} {kind}" for kind, n in sorted(facts.get("pool_skipped", {}).items()) if n]
+    if facts.get("pool_truncated_shards"):
+        dropped.append(f"{facts['pool_truncated_shards']} truncated shard(s)")
+    if not dropped:
+        dropped = [f"nothing: all {captions:,} pool captions name one pair" if captions else "nothing"]
+    lines.append(f"dropped       {'; '.join(dropped)}")
+    return lines

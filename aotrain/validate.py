@@ -102,6 +102,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "subset.pairs": or_null(POSITIVE_INT),
         "subset.seed": integer(),
         "subset.tol": number(0, open_low=True),
+        "subset.dedupe": or_null(BOOL),
         "subset.samples_per_shard": POSITIVE_INT,
         "eval.every_n_steps": COUNT,
         "eval.batch_size": POSITIVE_INT,

@@ -27,6 +27,7 @@ import numpy as np
 from .files import atomic_path, check_output, write_text_atomic
 from .counts import count_captions
 from .parse import CaptionParser
+from .pools import open_pool, say
 from .sources import add_caption_arguments, iter_captions
 from .vocab import Vocabulary, load_vocabulary, phrase
 
@@ -61,7 +62,7 @@ def scan(sources, benchmark: str, vocab_spec: str | None = None, window: int = 2
         else:
             clean.append(str(uid))
     if n == 0:
-        raise ValueError(f"no captions found in {' '.join(map(str, sources))}")
+        raise ValueError(f"no captions found in {stream.pool.root}")
     totals = {"captions": n, "contaminated": n - len(clean), "malformed": stream.malformed,
               "benchmark_pairs": len(wanted), "benchmark_pairs_found": len(hits)}
     return hits, clean, totals
@@ -124,7 +125,9 @@ def contamination_main(argv: list[str] | None = None) -> int:
         for out in (args.report, args.keep_uids):
             if out:
                 check_output(Path(out), args.overwrite, kind="file")
-        hits, clean, totals = scan(args.sources, args.benchmark, args.vocab, args.window, args.uid_column,
+        pool = open_pool(args.sources, args.uid_column)
+        say(pool)
+        hits, clean, totals = scan(pool, args.benchmark, args.vocab, args.window, args.uid_column,
                                    args.caption_column)
     except (FileNotFoundError, ValueError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)

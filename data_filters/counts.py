@@ -30,6 +30,9 @@ from .parse import CaptionParser
 from .workers import tied_to_parent
 
 
+COUNTERS = ("n_captions", "n_with_pair", "n_multi_pair", "n_malformed", "n_not_downloaded")
+
+
 class PairCounts:
     """Streaming counts; `attributes`/`objects` (optional) fix the row/column order of table()."""
 
@@ -37,6 +40,7 @@ class PairCounts:
                  caption_diversity: bool = False):
         self.attributes, self.objects = list(attributes or []), list(objects or [])
         self.n_captions = self.n_with_pair = self.n_multi_pair = self.n_malformed = 0
+        self.n_not_downloaded = 0  # img2dataset rows whose download failed: no sample, not a caption
         self.joint: Counter = Counter()  # (attribute, object) -> labelled captions
         self.all_pairs: Counter = Counter()  # (attribute, object) -> captions containing it
         # labelled captions and their templates (count_captions fills them); None: not counted
@@ -58,7 +62,7 @@ class PairCounts:
 
     def merge(self, other: "PairCounts") -> "PairCounts":
         """Add `other` into self (returns self)."""
-        for name in ("n_captions", "n_with_pair", "n_multi_pair", "n_malformed"):
+        for name in COUNTERS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.joint.update(other.joint)
         self.all_pairs.update(other.all_pairs)
@@ -99,6 +103,7 @@ class PairCounts:
             "n_labelled": self.n_labelled,
             "n_multi_pair": self.n_multi_pair,
             "n_malformed": self.n_malformed,
+            "n_not_downloaded": self.n_not_downloaded,
             "fraction_with_pair": self.n_with_pair / self.n_captions if self.n_captions else 0.0,
             "fraction_labelled": self.n_labelled / self.n_captions if self.n_captions else 0.0,
         }
@@ -132,6 +137,7 @@ class PairCounts:
             "attributes": self.attributes, "objects": self.objects,
             "n_captions": self.n_captions, "n_with_pair": self.n_with_pair,
             "n_multi_pair": self.n_multi_pair, "n_malformed": self.n_malformed,
+            "n_not_downloaded": self.n_not_downloaded,
             "joint": pairs(self.joint), "all_pairs": pairs(self.all_pairs),
             "captions": self.captions and self.captions.state(),
             "templates": self.templates and self.templates.state(),
@@ -141,8 +147,8 @@ class PairCounts:
     def from_json(cls, text: str) -> "PairCounts":
         d = json.loads(text)
         pc = cls(d["attributes"], d["objects"])
-        for name in ("n_captions", "n_with_pair", "n_multi_pair", "n_malformed"):
-            setattr(pc, name, d[name])
+        for name in COUNTERS:
+            setattr(pc, name, d.get(name, 0))  # n_not_downloaded is absent from older counts
         pc.joint = Counter({(a, o): n for a, o, n in d["joint"]})
         pc.all_pairs = Counter({(a, o): n for a, o, n in d["all_pairs"]})
         if d.get("captions") is not None:  # absent from counts written before caption diversity
@@ -182,6 +188,7 @@ def count_captions(captions: Iterable, parser: CaptionParser, caption_diversity:
                     all_pairs[p] = all_pairs.get(p, 0) + 1
     counts.n_captions, counts.n_with_pair, counts.n_multi_pair = n, with_pair, multi
     counts.n_malformed += getattr(captions, "malformed", 0)
+    counts.n_not_downloaded += getattr(captions, "not_downloaded", 0)
     return counts
 
 
@@ -209,7 +216,7 @@ def count_files(paths, vocab_spec: str, workers: int = 2, window: int = 2, capti
     """
     from .sources import expand_paths
     from .vocab import load_vocabulary
-    files = expand_paths(paths)
+    files = expand_paths(paths, source_kwargs.get("uid_column"))
     jobs = [(f, source_kwargs, caption_diversity) for f in files]
     workers = max(1, min(workers, len(files)))
     can_fork = "fork" in multiprocessing.get_all_start_methods()

@@ -12,11 +12,14 @@ temporary name and renamed at the end, so a failed run leaves nothing.
 Two int64 columns carry caption diversity to `select` without storing the captions:
 caption_hash (key of the caption text) and template_hash (key of its template, the pair's words
 masked); see data_filters.diversity. Labels files written before them lack the two columns:
-load_labels reads them as before and load_caption_keys returns None.
+load_labels reads them as before and load_caption_keys returns None. image_hash (sha256 hex: the
+pool table's "sha256", img2dataset's, or of a shard sample's image bytes; null when the source has
+neither) lets `select` drop duplicate images (data_filters/dedupe.py).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -27,13 +30,15 @@ import pyarrow.parquet as pq
 from .diversity import TemplateMasker, caption_key
 from .files import atomic_path, check_output
 from .parse import CaptionParser
+from .pools import open_pool, say
 from .sources import add_caption_arguments, iter_captions
 from .vocab import load_vocabulary
 
 PROG = "aotrain filter label"
 SCHEMA = pa.schema([("uid", pa.string()), ("attribute", pa.string()), ("object", pa.string()),
-                    ("caption_hash", pa.int64()), ("template_hash", pa.int64())])
+                    ("caption_hash", pa.int64()), ("template_hash", pa.int64()), ("image_hash", pa.string())])
 KEY_COLUMNS = ("caption_hash", "template_hash")
+POOL_COUNTS = "aotrain.pool_counts"  # parquet key-value metadata
 BATCH = 65536
 
 
@@ -42,12 +47,12 @@ def label_captions(sources, vocab_spec: str, out: Path, window: int = 2, uid_col
     """Stream captions, write labels to `out` (parquet); returns counts of what was read and kept."""
     parser = CaptionParser(load_vocabulary(vocab_spec), window)
     template = TemplateMasker(parser.vocab).template
-    stream = iter_captions(sources, uid_column=uid_column, caption_column=caption_column)
+    stream = iter_captions(sources, uid_column=uid_column, caption_column=caption_column, with_hashes=True)
     n = labelled = 0
     rows: dict[str, list] = {name: [] for name in SCHEMA.names}
     with atomic_path(out, ".tmp") as tmp:
         with pq.ParquetWriter(tmp, SCHEMA) as writer:
-            for uid, caption in stream:
+            for uid, caption, image_hash in stream:
                 n += 1
                 pair = parser.label(caption)
                 if pair is None:
@@ -58,16 +63,28 @@ def label_captions(sources, vocab_spec: str, out: Path, window: int = 2, uid_col
                 rows["object"].append(pair[1])
                 rows["caption_hash"].append(caption_key(caption))
                 rows["template_hash"].append(caption_key(template(caption, *pair)))
+                rows["image_hash"].append(image_hash)
                 if len(rows["uid"]) == BATCH:
                     writer.write_table(pa.table(rows, schema=SCHEMA))
                     rows = {k: [] for k in rows}
             if rows["uid"]:
                 writer.write_table(pa.table(rows, schema=SCHEMA))
+            counts = {"captions": n, "labelled": labelled, "malformed": stream.malformed,
+                      "not_downloaded": stream.not_downloaded, "pool_kind": stream.pool.kind,
+                      "skipped": dict(stream.skipped), "truncated_shards": sorted(set(stream.truncated))}
+            # What was read, in the file itself: `select` copies it into each subset's manifest.
+            writer.add_key_value_metadata({POOL_COUNTS: json.dumps(counts)})
         if labelled == 0:
             raise ValueError(f"no caption with exactly one attribute-object pair among {n:,} "
                              f"({stream.malformed:,} malformed rows): check --vocab and --caption-column")
-    return {"captions": n, "labelled": labelled, "malformed": stream.malformed, "out": str(out),
-            "skipped": dict(stream.skipped), "truncated_shards": sorted(set(stream.truncated))}
+    return {**counts, "out": str(out)}
+
+
+def load_pool_counts(path) -> dict:
+    """What `label_captions` read to write this labels file (captions, malformed, not_downloaded,
+    skipped, ...); {} for a labels file written before it was recorded, or by another tool."""
+    raw = (pq.read_metadata(path).metadata or {}).get(POOL_COUNTS.encode())
+    return json.loads(raw) if raw else {}
 
 
 def skipped_line(skipped: dict, truncated: list) -> str:
@@ -129,13 +146,16 @@ def label_main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     try:
         check_output(Path(args.out), args.overwrite, kind="file")
-        done = label_captions(args.sources, args.vocab, Path(args.out), args.window, args.uid_column,
+        pool = open_pool(args.sources, args.uid_column)
+        say(pool)
+        done = label_captions(pool, args.vocab, Path(args.out), args.window, args.uid_column,
                               args.caption_column)
     except (FileNotFoundError, ValueError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     print(f"captions {done['captions']:,}  labelled {done['labelled']:,} "
-          f"({done['labelled'] / done['captions']:.1%})  malformed {done['malformed']:,}  -> {done['out']}")
+          f"({done['labelled'] / done['captions']:.1%})  malformed {done['malformed']:,}"
+          + (f"  failed downloads {done['not_downloaded']:,}" if done["not_downloaded"] else "") + f"  -> {done['out']}")
     if done["skipped"] or done["truncated_shards"]:
         print(skipped_line(done["skipped"], done["truncated_shards"]))
     return 0

@@ -9,7 +9,10 @@ Input: uncompressed tar shards in img2dataset layout ({key}.png|jpg, {key}.txt, 
 sample's uid is the json's `uid_field` or, with uid_field="__key__", its key. Output:
 out_dir/shard-000000.tar ... and out_dir/sizes.json ({shard file: samples}). Order: sorted by uid
 (as strings), a uid listed k times gives k adjacent copies, each with its own new key
-`<shard:06d><index:04d>` (the json's "key" field, if any, is rewritten to match). Tar headers use a
+`<shard:06d><index:04d>`. Keys survive: each sample's json (added when the source had none) gets
+"key" = the new key (img2dataset keeps key and file name equal), "source_key" = its key in the
+pool (img2dataset's key) and "uid"; out_dir/key_map.parquet lists (key, uid, source_shard,
+source_key) for every written sample. Tar headers use a
 fixed mtime/owner/mode, so the same inputs give byte-identical shards. Two passes: the first reads
 only .json members (or names) to index uid -> member offsets, the second copies bytes by offset,
 so memory holds the index, not the images. A uid present in several shards is taken from the
@@ -24,6 +27,8 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from data_filters.files import add_tar_member, publish_dir, temp_dir_for
 
@@ -36,7 +41,7 @@ def _split(name: str) -> tuple[str, str]:
 
 
 def _index(shards, wanted: set, uid_field: str) -> dict:
-    """uid -> (shard, [(ext, offset, size), ...]) for every wanted uid found."""
+    """uid -> (shard, source key, [(ext, offset, size), ...]) for every wanted uid found."""
     found = {}
     for shard in shards:
         samples: dict[str, list] = {}
@@ -60,7 +65,7 @@ def _index(shards, wanted: set, uid_field: str) -> dict:
         for key, members in samples.items():
             uid = key if uid_field == "__key__" else uid_of.get(key)
             if uid in wanted and uid not in found:
-                found[uid] = (shard, members)
+                found[uid] = (shard, key, members)
     return found
 
 
@@ -92,6 +97,7 @@ def reshard(src_shards, subset_uids, out_dir, samples_per_shard: int = 5000, uid
     digits = max(4, len(str(samples_per_shard - 1)))
     order = [uid for uid in sorted(copies) for _ in range(copies[uid])]  # repeats adjacent
     handles = {}
+    key_map: dict[str, list] = {"key": [], "uid": [], "source_shard": [], "source_key": []}
     try:
         for shard_no, start in enumerate(range(0, len(order), samples_per_shard)):
             name = f"shard-{shard_no:06d}.tar"
@@ -99,16 +105,24 @@ def reshard(src_shards, subset_uids, out_dir, samples_per_shard: int = 5000, uid
             with tarfile.open(tmp / name, "w", format=tarfile.USTAR_FORMAT) as tar:
                 for within, uid in enumerate(chunk):
                     key = f"{shard_no:06d}{within:0{digits}d}"
-                    src, members = found[uid]
+                    src, source_key, members = found[uid]
                     f = handles.get(src) or handles.setdefault(src, open(src, "rb"))
+                    ids = {"key": key, "source_key": source_key, "uid": uid}
+                    if not any(ext == "json" for ext, _, _ in members):
+                        add_tar_member(tar, f"{key}.json", json.dumps(ids).encode())
                     for ext, offset, size in members:
                         f.seek(offset)
                         data = f.read(size)
                         if ext == "json":
-                            data = _rekey(data, key)
+                            data = _rekey(data, ids)
                         add_tar_member(tar, f"{key}.{ext}", data)
+                    for column, value in (("key", key), ("uid", uid), ("source_shard", Path(src).name),
+                                          ("source_key", source_key)):
+                        key_map[column].append(value)
             sizes[name] = len(chunk)
         (tmp / "sizes.json").write_text(json.dumps(sizes, indent=1) + "\n")
+        pq.write_table(pa.table(key_map, schema=pa.schema([(c, pa.string()) for c in key_map])),
+                       tmp / "key_map.parquet")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -120,13 +134,13 @@ def reshard(src_shards, subset_uids, out_dir, samples_per_shard: int = 5000, uid
             "n_unique": len(copies)}
 
 
-def _rekey(data: bytes, key: str) -> bytes:
-    """The json with its "key" field set to the new key (img2dataset keeps key and file name equal)."""
+def _rekey(data: bytes, ids: dict) -> bytes:
+    """The json with "key" (the new key: img2dataset keeps key and file name equal), "source_key" and
+    "uid" set; a json that is not an object is left as it was."""
     try:
         meta = json.loads(data)
     except ValueError:
         return data
-    if isinstance(meta, dict) and "key" in meta:
-        meta["key"] = key
-        return json.dumps(meta).encode()
-    return data
+    if not isinstance(meta, dict):
+        return data
+    return json.dumps({**meta, **ids}).encode()

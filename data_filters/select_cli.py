@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data_filters.dedupe import load_selection_pool
 from data_filters.files import check_output
-from data_filters.label import load_caption_keys, load_labels
 from data_filters.nmi import NORMALISERS
 
 SELECT_EPILOG = """\
@@ -51,6 +51,9 @@ def _select_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-repeats", action="store_true", help="upsample: a uid may appear several times")
     p.add_argument("--normaliser", default="arithmetic", choices=NORMALISERS, help="NMI normaliser (default arithmetic)")
     p.add_argument("--tol", type=float, default=0.005, help="allowed |NMI - target| (default 0.005)")
+    p.add_argument("--dedupe", action=argparse.BooleanOptionalAction, default=None,
+                   help="one sample per image (by image hash) before selecting; default: on when the labels "
+                        "carry image hashes (labels of img2dataset/DataComp pools and shards do)")
     return p
 
 
@@ -70,10 +73,14 @@ def select_main(argv=None) -> int:
             raise ValueError("give --nmi, --pairs or both")
         check_output(Path(args.out), args.overwrite)
         replace = Path(args.out).exists()  # allowed by check_output: --overwrite, or an empty folder
-        pool = load_labels(args.labels)
+        pool, caption_keys, dedupe = load_selection_pool(args.labels, args.dedupe)
+        if dedupe["duplicates_dropped"]:
+            print(f"duplicates: {dedupe['duplicates_dropped']:,} labelled samples dropped (one sample per image)")
         subs = select_many(*pool, size=args.size, nmi_targets=args.nmi, seed=args.seed, normaliser=args.normaliser,
                            fixed_marginals=not args.free_marginals, allow_repeats=args.allow_repeats, tol=args.tol,
-                           distinct_pairs=args.pairs, caption_keys=load_caption_keys(args.labels))
+                           distinct_pairs=args.pairs, caption_keys=caption_keys)
+        for sub in subs:
+            sub.manifest.update(dedupe)
         if len(subs) == 1:
             write_subset(subs[0], args.out, source=os.path.abspath(args.labels), overwrite=replace)
         else:
@@ -114,16 +121,21 @@ def _reshard_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (must not exist, or be empty, unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.add_argument("--samples-per-shard", type=int, default=5000, help="samples per output shard (default 5000)")
-    p.add_argument("--uid-field", default="uid", help="json field holding the uid, or __key__ (default uid)")
+    p.add_argument("--uid-field", default=None,
+                   help="json field holding the uid, or __key__ for the sample name (default: what the pool "
+                        "holds: DataComp's and the toy world's 'uid', else the key, as img2dataset names samples)")
     return p
 
 
-def _shard_list(spec: str) -> list[str]:
-    path = Path(spec)
-    shards = sorted(str(p) for p in path.glob("*.tar")) if path.is_dir() else sorted(glob.glob(spec))
-    if not shards:
+def _pool_shards(spec: str, uid_field: str | None):
+    """(shard paths, uid field) of a pool folder (data_filters/pools.py) or a glob of shards."""
+    from data_filters.pools import open_pool
+
+    files = spec if Path(spec).is_dir() else sorted(glob.glob(spec))
+    pool = open_pool(files, uid_field) if files else None
+    if pool is None or not pool.shards:
         raise ValueError(f"no .tar shards found at {spec}")
-    return shards
+    return [str(s) for s in pool.shards], pool.shard_uid_field
 
 
 def reshard_main(argv=None) -> int:
@@ -140,12 +152,14 @@ def reshard_main(argv=None) -> int:
             uids = np.load(args.subset, allow_pickle=False)
         except Exception as e:
             raise ValueError(f"cannot read {args.subset} as a .npy uid array: {e}") from None
-        info = reshard(_shard_list(args.shards), uids, args.out, args.samples_per_shard, args.uid_field,
-                       overwrite=replace)
+        shards, uid_field = _pool_shards(args.shards, args.uid_field)
+        info = reshard(shards, uids, args.out, args.samples_per_shard, uid_field, overwrite=replace)
     except (ValueError, OSError, tarfile.TarError) as e:  # a corrupt shard is a bad input too
         print(f"aotrain filter reshard: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {info['n_samples']} samples ({info['n_unique']} unique) in {len(info['shards'])} shards to {args.out}")
+    print(f"wrote {info['n_samples']} samples ({info['n_unique']} unique) in {len(info['shards'])} shards to "
+          f"{args.out} (uid = {'sample key' if uid_field == '__key__' else 'json ' + repr(uid_field)}; "
+          "key_map.parquet maps each new key to its source shard and key)")
     return 0
 
 

@@ -4,8 +4,13 @@
 
 Formats by file name: .parquet/.pq, .arrow/.feather/.ipc, .csv, .tsv, .tar/.tar.gz/.tgz.
 A directory stands for every supported file under it (sorted, recursive).
-uid: `uid_column` if given; otherwise a "uid" column/json field when present, else
-"<file name>:<row>" (tables) or the sample key (shards; uid_column="__key__" forces the key).
+A folder is read as data_filters/pools.py recognises it (an img2dataset or DataComp folder's
+captions from its .parquet files only, so each caption is read once).
+uid: `uid_column` if given; otherwise a "uid" column/json field when present, then (tables) a "key"
+column (img2dataset's), else "<file name>:<row>" (tables) or the sample key (shards;
+uid_column="__key__" forces the key). With `with_hashes=True` the stream yields (uid, caption,
+image hash): a table's "sha256" column (img2dataset's, of the downloaded image) or the sha256 of a
+shard sample's image bytes; None when the table has no such column.
 caption: `caption_column` (tables, default "caption"); shards use the .txt member only, by the
 sample rule the training stream applies (data_filters/samples.py: a sample without a readable image
 or caption is counted in `.skipped` by kind). Null, empty or undecodable captions are counted in
@@ -17,6 +22,7 @@ whose quote is left open is one `.malformed` row, never merged with the lines af
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -25,46 +31,28 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_filters.samples import read_caption, read_shard, sample_problem
+from data_filters.pools import SHARD_SUFFIXES, TABLE_SUFFIXES, UID_COLUMNS, Pool, file_format, open_pool  # noqa: F401
+from data_filters.samples import image_key, read_caption, read_shard, sample_problem
 
-TABLE_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow", ".feather": "arrow",
-                  ".ipc": "arrow", ".csv": "csv", ".tsv": "tsv"}
-SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 BATCH_ROWS = 65536
 
 
-def file_format(path: Path) -> str | None:
-    name = path.name.lower()
-    if name.endswith(SHARD_SUFFIXES):
-        return "shard"
-    return TABLE_SUFFIXES.get(path.suffix.lower())
-
-
-def expand_paths(path_or_paths) -> list[Path]:
-    """Files to read: directories expanded, missing paths -> FileNotFoundError, unknown suffix -> ValueError."""
-    paths = [path_or_paths] if isinstance(path_or_paths, (str, Path)) else list(path_or_paths)
-    files = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and file_format(f))
-            if not found:
-                raise ValueError(f"no caption files (.parquet, .arrow, .csv, .tsv, .tar) under {p}")
-            files.extend(found)
-        elif p.is_file():
-            if not file_format(p):
-                raise ValueError(f"{p}: unsupported file type; use .parquet, .arrow, .csv, .tsv or .tar")
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"caption source not found: {p}")
-    return files
+def expand_paths(path_or_paths, uid_column: str | None = None) -> list[Path]:
+    """The files to read captions from (data_filters/pools.py decides: a pool folder's captions once);
+    missing paths -> FileNotFoundError, unknown suffix or nothing to read -> ValueError."""
+    return list(open_pool(path_or_paths, uid_column).caption_files)
 
 
 class CaptionStream:
-    """Iterable of (uid, caption) over files; `.malformed` and `.rows` count what was read so far."""
+    """Iterable of (uid, caption) — or (uid, caption, image hash) with `with_hashes` — over a pool or
+    files; `.malformed`, `.not_downloaded` and `.rows` count what was read so far."""
 
-    def __init__(self, path_or_paths, uid_column: str | None = None, caption_column: str = "caption"):
-        self.files = expand_paths(path_or_paths)
+    def __init__(self, path_or_paths, uid_column: str | None = None, caption_column: str = "caption",
+                 with_hashes: bool = False):
+        pool = path_or_paths if isinstance(path_or_paths, Pool) else open_pool(path_or_paths, uid_column)
+        self.pool, self.files = pool, list(pool.caption_files)
         self.uid_column, self.caption_column = uid_column, caption_column
+        self.with_hashes = with_hashes
         self.malformed = 0
         self.skipped = Counter()  # shards: samples that break the sample rule, by kind (samples.KINDS)
         self.truncated: list[str] = []  # shards that ended inside a member (their samples before it are read)
@@ -122,11 +110,14 @@ class CaptionStream:
         except (pa.ArrowInvalid, OSError) as e:
             raise ValueError(f"{path}: cannot read as {fmt}: {e}") from None
         cap = self.caption_column
-        uid = self.uid_column or ("uid" if "uid" in names else None)
+        uid = self.uid_column or next((c for c in UID_COLUMNS if c in names), None)
         for col in (cap, uid):
             if col is not None and col not in names:
                 raise ValueError(f"{path}: no column {col!r}; available columns: {', '.join(names)}")
         cols = [cap] if uid is None or uid == cap else [cap, uid]
+        digest = "sha256" if self.with_hashes and "sha256" in names else None
+        if digest:
+            cols.append(digest)
         # img2dataset writes a row per URL with its download "status"; only "success" rows have an
         # image in the shards, so the others are not samples (counted in `.not_downloaded`).
         status = "status" if "status" in names else None
@@ -137,7 +128,8 @@ class CaptionStream:
             captions = batch.column(0).to_pylist()
             uids = batch.column(cols.index(uid)).to_pylist() if uid else range(row, row + len(captions))
             ok = batch.column(cols.index(status)).to_pylist() if status else [True] * len(captions)
-            for u, c, fetched in zip(uids, captions, ok):
+            hashes = batch.column(cols.index(digest)).to_pylist() if digest else [None] * len(captions)
+            for u, c, fetched, h in zip(uids, captions, ok, hashes):
                 if fetched is not True and fetched != "success":
                     self.not_downloaded += 1
                     continue
@@ -147,7 +139,8 @@ class CaptionStream:
                 if u is None:  # a null uid cannot be joined back to its sample
                     self.malformed += 1
                     continue
-                yield (str(u) if uid else f"{path.name}:{u}"), c
+                u = str(u) if uid else f"{path.name}:{u}"
+                yield (u, c, h or None) if self.with_hashes else (u, c)
             row += len(captions)
 
     # ------------------------------------------------------------ webdataset shards
@@ -180,7 +173,10 @@ class CaptionStream:
                     continue
             else:
                 uid = meta.get("uid", key)
-            yield str(uid), read_caption(members)
+            if self.with_hashes:
+                yield str(uid), read_caption(members), hashlib.sha256(members[image_key(members)]).hexdigest()
+            else:
+                yield str(uid), read_caption(members)
 
 
 # ------------------------------------------------------------ CSV / TSV, one row per line
@@ -246,17 +242,21 @@ def csv_batches(path: Path, delimiter: str, names: list[str], cols: list[str], c
         yield pa.record_batch([pa.array(c, t) for c, t in zip(columns, types)], names=cols)
 
 
-def iter_captions(path_or_paths, uid_column: str | None = None, caption_column: str = "caption") -> CaptionStream:
-    """(uid, caption) pairs from files or directories; the returned stream counts `.malformed` rows."""
-    return CaptionStream(path_or_paths, uid_column=uid_column, caption_column=caption_column)
+def iter_captions(path_or_paths, uid_column: str | None = None, caption_column: str = "caption",
+                  with_hashes: bool = False) -> CaptionStream:
+    """(uid, caption) pairs from a pool, files or directories; the stream counts `.malformed` rows."""
+    return CaptionStream(path_or_paths, uid_column=uid_column, caption_column=caption_column,
+                         with_hashes=with_hashes)
 
 
 def add_caption_arguments(parser) -> None:
     """The argparse arguments every caption-reading command shares: SOURCE..., uid/caption columns, window."""
     parser.add_argument("sources", nargs="+", metavar="SOURCE",
-                        help="caption files or folders (.parquet .arrow .csv .tsv .tar)")
+                        help="a pool folder (img2dataset, DataComp, webdataset, Hugging Face save_to_disk) "
+                             "or caption files (.parquet .arrow .csv .tsv .tar)")
     parser.add_argument("--uid-column", default=None, metavar="C",
-                        help="uid column / shard json field (default: 'uid' if present, else row or sample key)")
+                        help="uid column / shard json field (default: 'uid' if present, then a table's 'key' "
+                             "(img2dataset), else row or sample key)")
     parser.add_argument("--caption-column", default="caption", metavar="C",
                         help="caption column (default: caption; shards use their .txt)")
     parser.add_argument("--window", type=int, default=2, metavar="K",

@@ -3,6 +3,8 @@
     python -m data_filters.stats_cli stats data/pool/ --vocab builtin --out filter_stats
     python -m data_filters.stats_cli data/world/pool --vocab world:data/world --workers 2
 
+The sources are read as data_filters/pools.py recognises them (an img2dataset folder's captions
+once, from its .parquet; failed downloads counted in n_not_downloaded, not as captions).
 Writes OUT/stats.json and OUT/joint_counts.csv (each via a temp file + os.replace, and only after
 every input was read, so a failed run leaves no output behind). An OUT that exists and is not empty
 is refused before any counting unless --overwrite (the rule of every `aotrain filter` command:
@@ -24,6 +26,7 @@ from pathlib import Path
 from .counts import count_files
 from .files import check_output, write_text_atomic
 from .nmi import NORMALISERS
+from .pools import open_pool, say
 from .sources import add_caption_arguments
 
 PROG = "aotrain filter stats"
@@ -64,7 +67,8 @@ def summary(stats: dict, top: list[tuple[str, str, int]]) -> str:
     div, cap = stats["diversity"], stats["caption_diversity"] or {}
     opa = div["objects_per_attribute"]
     lines = [
-        f"captions            {stats['n_captions']:,} (malformed rows skipped: {stats['n_malformed']:,})",
+        f"captions            {stats['n_captions']:,} (malformed rows skipped: {stats['n_malformed']:,}"
+        + (f"; failed downloads, not samples: {stats['n_not_downloaded']:,})" if stats.get("n_not_downloaded") else ")"),
         f"with a pair         {stats['n_with_pair']:,} ({stats['fraction_with_pair']:.1%}); "
         f"labelled (one pair) {stats['n_labelled']:,}; several pairs {stats['n_multi_pair']:,}",
         f"NMI ({stats['normaliser']})  {_fmt(stats['nmi'])}",
@@ -90,13 +94,15 @@ def summary(stats: dict, top: list[tuple[str, str, int]]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     check_output(Path(args.out), args.overwrite)  # before counting, which can take hours on a real pool
-    counts = count_files(args.sources, args.vocab, workers=args.workers, window=args.window,
+    pool = open_pool(args.sources, args.uid_column)
+    say(pool)
+    counts = count_files(list(pool.caption_files), args.vocab, workers=args.workers, window=args.window,
                          caption_diversity=not args.no_caption_diversity, uid_column=args.uid_column,
                          caption_column=args.caption_column)
     if counts.n_captions == 0:
         raise ValueError(f"no captions found in {' '.join(args.sources)} ({counts.n_malformed} malformed rows)")
     stats = counts.stats(args.normaliser)
-    stats.update(sources=[str(s) for s in args.sources], vocab=args.vocab, window=args.window)
+    stats.update(sources=[str(s) for s in args.sources], pool_kind=pool.kind, vocab=args.vocab, window=args.window)
     top = sorted(((a, o, n) for (a, o), n in counts.joint.items()), key=lambda t: (-t[2], t[0], t[1]))
     print(summary(stats, top[: args.top]))
     buf = io.StringIO()

@@ -29,3 +29,28 @@ def smoke_fit(tmp_path_factory):
     proc = run_cli("fit", "debug=smoke", root=root)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root, proc
+
+
+@pytest.fixture(scope="session")
+def img2dataset_pool(tmp_path_factory):
+    """A caption pool written by the real img2dataset 1.47.0 from toy-world images (tests/img2dataset_tool.py).
+
+    336 input rows in 4 shards of 100 (00000.tar/.parquet/_stats.json ...): 300 images, 8 URLs listed
+    twice under two captions, 8 byte-identical copies under another name, 20 missing files (failed
+    downloads); 316 samples. Returns run_img2dataset's dict: out_dir, n_success, n_failed, n_shards,
+    rows (key, url, caption, success, sha256 per input row), same_url / same_bytes (groups of keys).
+    The first session installs img2dataset into .venv-img2dataset/ (about a minute); the pool takes
+    about 10 s. Skips when img2dataset cannot be installed (fails under CI=true).
+    """
+    from img2dataset_tool import run_img2dataset
+
+    return run_img2dataset(tmp_path_factory.mktemp("img2dataset") / "pool")
+
+
+@pytest.fixture(scope="session")
+def datacomp_pool(tmp_path_factory):
+    """img2dataset_pool's pool as DataComp makes them: the input has a `uid` column, passed through
+    --save_additional_columns '["uid"]', so every parquet row and sample json carries it (rows[i]["uid"])."""
+    from img2dataset_tool import run_img2dataset
+
+    return run_img2dataset(tmp_path_factory.mktemp("datacomp") / "pool", uid=True)

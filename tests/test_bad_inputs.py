@@ -111,9 +111,10 @@ CASES = [
 ]
 
 
-def _png() -> bytes:
+def _png(shade: int = 0) -> bytes:
+    """A 4x4 image; a different `shade` makes different bytes (the pool's samples are distinct images)."""
     buf = io.BytesIO()
-    Image.new("RGB", (4, 4), (200, 30, 30)).save(buf, format="PNG")
+    Image.new("RGB", (4, 4), (200, 30, shade)).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -144,7 +145,7 @@ def inputs(tmp_path_factory) -> Path:
     (d / "pool").mkdir()
     with tarfile.open(d / "pool" / "shard-000000.tar", "w") as tar:
         for i, caption in enumerate(CAPTIONS):
-            for ext, data in (("png", _png()), ("txt", caption.encode()), ("json", json.dumps({"uid": f"u{i}"}).encode())):
+            for ext, data in (("png", _png(i)), ("txt", caption.encode()), ("json", json.dumps({"uid": f"u{i}"}).encode())):
                 info = tarfile.TarInfo(f"{i:04d}.{ext}")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))

@@ -6,6 +6,7 @@ run's temporaries, and a failed start leaves no empty cache folder (issue 14, it
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -271,8 +272,9 @@ def test_failed_stages_leave_no_empty_cache_folders(tmp_path):
         prepare_subset(world / "pool", f"world:{world}", spec, tmp_path / "cache", 100)
     assert (tmp_path / "cache").is_dir() and not (tmp_path / "cache" / "subsets").exists()
 
-    pool = tmp_path / "pool"
+    pool = tmp_path / "pool"  # a shard whose metadata table (img2dataset's layout) is not parquet
     pool.mkdir()
+    shutil.copyfile(sorted((world / "pool").glob("*.tar"))[0], pool / "shard-000000.tar")
     (pool / "shard-000000.parquet").write_bytes(b"not parquet")
     with pytest.raises(ValueError, match="[Pp]arquet"):  # pyarrow's ArrowInvalid
         prepare_subset(pool, "builtin", spec, tmp_path / "cache2", 100)

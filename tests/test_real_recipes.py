@@ -64,7 +64,7 @@ def first_run(world, pool, target, tmp_path_factory):
 def test_recipe_runs_stats_select_reshard_then_fit_and_logs_the_subset(first_run, target):
     root, proc = first_run
     err = proc.stderr
-    order = [err.index("stats: labelling"), err.index("select: selecting"), err.index("reshard: writing"),
+    order = [err.index("; labelling -> "), err.index("select: selecting"), err.index("reshard: writing"),
              err.index("`Trainer.fit` stopped")]
     assert order == sorted(order)
     assert "not_downloaded" not in err  # failed downloads are skipped quietly, not an error
@@ -140,3 +140,15 @@ def test_datacomp_style_pool_with_uids(world, target, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     stats = json.loads(next((tmp_path / "cache").glob("labels-*/stats.json")).read_text())
     assert stats["uid_field"] == "uid"
+
+
+def test_the_subset_marks_held_out_benchmark_pairs_unseen(first_run, world):
+    """Without eval.seen_from the run's own subset says which benchmark pairs were seen: the world's
+    held-out pairs are in no caption of the pool, so all of them are unseen."""
+    root, proc = first_run
+    held_out = len([p for p in (world / "imagenet_ao" / "unseen").iterdir() if p.is_dir()])
+    assert f"eval: 0 of {held_out} benchmark pairs seen in training, {held_out} unseen" in proc.stderr
+    summary = json.loads(next((root / "runs").glob("low_nmi_cc12m-*/summary.json")).read_text())
+    metrics = MlflowClient(tracking_uri=summary["tracking_uri"]).get_run(summary["run_id"]).data.metrics
+    assert metrics["eval/unseen/n_pairs"] == held_out and metrics["eval/contamination/pairs_in_training"] == 0
+    assert "eval/seen/pair_top1" not in metrics

@@ -25,7 +25,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
-from aotrain.subset import pool_shards
+from data_filters.pools import pool_shards
 from data_filters.samples import KINDS, decode_image, image_key, read_caption, read_shard, sample_problem
 
 # What a sample's `skipped` vector counts (samples passed over just before it), in this order:
@@ -36,7 +36,7 @@ SKIP_COLUMNS = ("unlabelled", *KINDS, "truncated_shard", "refilled")
 
 def list_shards(pool: str | Path) -> tuple[list[str], dict[str, int]]:
     """Shard paths of an img2dataset/DataComp-style pool folder and their sample counts (sizes.json; {} if absent)."""
-    shards = pool_shards(pool)  # the one check of a pool folder (aotrain/subset.py)
+    shards = pool_shards(pool)  # the one check of a pool folder (data_filters/pools.py)
     sizes_file = Path(pool) / "sizes.json"
     sizes = json.loads(sizes_file.read_text()) if sizes_file.exists() else {}
     return [str(s) for s in shards], {s.name: int(sizes[s.name]) for s in shards if s.name in sizes}
