@@ -104,7 +104,8 @@ def command_help(command: str) -> str:
 
 EVAL_OPTIONS = [
     ("checkpoint=PATH", "an aotrain .ckpt; its run's config supplies the benchmark, templates, vocabulary"),
-    ("model_name=NAME weights=PATH", "or an open_clip model config and its weights file"),
+    ("model_name=NAME|CONFIG.json", "or an open_clip model: a known name (ViT-B-32) or a config .json file ..."),
+    ("weights=PATH", "... and its weights: open_clip_train's epoch_N.pt, a state dict or an aotrain .ckpt"),
     ("benchmark=DIR", "<attribute object>/ folders, or <split>/<attribute object>/ (default: the run's)"),
     ("templates=openai|simple|[...]", "prompt templates (default: the run's, else the 80 OpenAI ones)"),
     ("vocabulary=SPEC", "builtin | benchmark:DIR | world:PATH | FILE (default: the run's, else folder names)"),

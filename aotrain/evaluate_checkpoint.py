@@ -3,39 +3,97 @@
     aotrain eval checkpoint=outputs/runs/toy_low_nmi-<id>/checkpoints/last.ckpt          # the run's own benchmark
     aotrain eval checkpoint=... benchmark=/data/ImageNet-AO-filtered log_to=checkpoint
     aotrain eval model_name=ViT-B-32 weights=/data/vit_b32.pt benchmark=/data/ImageNet-AO-filtered log_to=new
+    aotrain eval model_name=/data/my-vit.json weights=logs/RUN/checkpoints/epoch_32.pt benchmark=...   # open_clip_train's
 
 With only a checkpoint, the run's config.yaml beside it gives the benchmark, templates, vocabulary
 and batch size, so the numbers equal the callback's for that checkpoint. With benchmark=..., the
 paper's protocol applies unless set: the 80 OpenAI templates and the folder names as vocabulary.
 Writes metrics.json, eval_table.{csv,md}, czsl_curve.{csv,png} (when seen and unseen pairs are
 known) and contamination.json (with seen_from=...) into one folder, all at once.
+
+model_name= is a registered name (aotrain's toy configs, open_clip's ViT-B-32 ...) or the path of an
+open_clip model config .json (aotrain/towers.py registers it under its file name). weights= is an
+open_clip_train checkpoint ({"epoch", "state_dict", ...}, keys with or without DDP's "module."), a
+plain state dict (torch.save(model.state_dict())) or an aotrain .ckpt. open_clip, MLflow and the
+benchmark code are imported only once the inputs have been checked, so a wrong path fails fast.
 """
 from __future__ import annotations
 
 import shutil
+import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from omegaconf import OmegaConf
 
-from aotrain.benchmarks import Benchmark
-from aotrain.checkpoints import evaluation_model, load_checkpoint, load_open_clip
 from aotrain.config import UserError, to_dict
 from aotrain.tracking import check_store, log_evaluation, read_run_pointer
 from data_filters.files import OutputError, check_writable, publish_dir, temp_dir_for
+
+if TYPE_CHECKING:
+    import torch
+
+WEIGHT_FORMATS = ("an open_clip_train checkpoint (logs/NAME/checkpoints/epoch_N.pt: a dict with 'state_dict'), "
+                  "a state dict (torch.save(model.state_dict())) or an aotrain .ckpt")
+
+
+def _peek(path: str):
+    """The file's contents with its tensors mapped, not read: a cheap check, before open_clip is imported,
+    that it exists and reads (FileNotFoundError/ValueError in one line otherwise). torch's legacy
+    (non-zip) format cannot be mapped, so it is read."""
+    from aotrain.checkpoints import load_checkpoint_file
+
+    return load_checkpoint_file(path, mmap=zipfile.is_zipfile(path))
+
+
+def _weights_format(obj, path: str) -> str:
+    """'aotrain' | 'open_clip_train' | 'state_dict' for the contents of a weights file; ValueError naming
+    the accepted formats for anything else."""
+    import torch
+
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        return "aotrain" if "hyper_parameters" in obj else "open_clip_train"
+    if isinstance(obj, dict) and obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        return "state_dict"
+    if isinstance(obj, dict):
+        keys = list(obj)
+        found = f"a dict with keys {', '.join(map(repr, keys[:5]))}{', ...' if len(keys) > 5 else ''}" if keys \
+            else "an empty dict"
+    else:
+        found = f"a {type(obj).__name__}"
+    raise ValueError(f"weights={path} holds {found}; expected {WEIGHT_FORMATS}")
 
 
 def _load_model(cfg):
     if cfg.checkpoint and cfg.weights:
         raise UserError("give checkpoint=PATH (aotrain) or model_name=NAME weights=PATH (open_clip), not both")
+    if not cfg.checkpoint and not (cfg.model_name and cfg.weights):
+        raise UserError("nothing to evaluate: set checkpoint=PATH, or model_name=NAME|CONFIG.json weights=PATH")
+    from aotrain.checkpoints import load_checkpoint, load_open_clip
+
+    name = None
     try:
-        if cfg.checkpoint:
-            return load_checkpoint(cfg.checkpoint, cfg.model_name)
-        if cfg.model_name and cfg.weights:
-            return load_open_clip(cfg.model_name, cfg.weights)
+        if cfg.weights and not Path(cfg.weights).exists():
+            raise FileNotFoundError(f"weights file not found: {cfg.weights}")
+        contents = _peek(cfg.checkpoint or cfg.weights)
+        fmt = "aotrain" if cfg.checkpoint else _weights_format(contents, cfg.weights)
+        del contents
+        if cfg.model_name:  # a config .json is registered with open_clip here (imported only now)
+            from aotrain.towers import resolve_model_name
+
+            name = resolve_model_name(cfg.model_name)
+        if fmt == "aotrain":  # checkpoint=, or an aotrain .ckpt given as weights=: read the same way
+            model, info = load_checkpoint(cfg.checkpoint or cfg.weights, name)
+        else:
+            model, info = load_open_clip(name, cfg.weights)
     except (FileNotFoundError, ValueError) as e:
-        raise UserError(str(e)) from None
-    raise UserError("nothing to evaluate: set checkpoint=PATH, or model_name=NAME weights=PATH")
+        message = str(e)
+        if name is not None and name != cfg.model_name and "do not fit" in message:
+            message += f" (model {name} built from {cfg.model_name})"
+        raise UserError(message) from None
+    if name is not None and name != cfg.model_name:
+        info["model_config"] = str(Path(cfg.model_name).resolve())
+    return model, info
 
 
 def _section(cfg, info) -> tuple[dict, str]:
@@ -45,14 +103,14 @@ def _section(cfg, info) -> tuple[dict, str]:
             raise UserError(f"{info['source']} has no run folder to take a benchmark from: set benchmark=/path/to/folder")
         run = to_dict(OmegaConf.load(Path(info["run_dir"]) / "config.yaml").eval)
         section, name = {k: run.get(k) for k in ("benchmarks", "templates", "vocabulary", "seen_from",
-                                                  "batch_size")}, "run"
+                                                  "seen_vocabulary", "batch_size")}, "run"
     else:
         bench = to_dict(cfg.benchmark) if OmegaConf.is_config(cfg.benchmark) else str(cfg.benchmark)
         section = {"benchmarks": bench, "templates": "openai", "vocabulary": None, "seen_from": None,
                    "batch_size": cfg.batch_size}
         name = "+".join(bench) if isinstance(bench, dict) else Path(bench).name
-    for key in ("templates", "vocabulary", "seen_from"):  # explicit settings win over both defaults
-        if cfg[key] is not None:
+    for key in ("templates", "vocabulary", "seen_from", "seen_vocabulary"):  # explicit settings win over both defaults
+        if cfg.get(key) is not None:
             section[key] = to_dict(cfg[key]) if OmegaConf.is_config(cfg[key]) else cfg[key]
     section.update(open_world=cfg.open_world, num_workers=cfg.num_workers)
     return section, name
@@ -79,6 +137,8 @@ def _check_out(out: Path) -> None:
 
 
 def _device(spec: str) -> torch.device:
+    import torch
+
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec.startswith("cuda") and not torch.cuda.is_available():
@@ -104,6 +164,8 @@ def _log(cfg, info, pointer, result, out: Path, bench_name: str) -> str | None:
         return log_evaluation(pointer["tracking_uri"], metrics, out, step=info["step"], run_id=pointer["run_id"])
     params = {"model": info["model_name"], "weights": info["source"], "benchmark": bench_name,
               "step": info["step"], "open_world": cfg.open_world}
+    if "model_config" in info:  # model_name= was a config file
+        params["model_config"] = info["model_config"]
     return log_evaluation(cfg.logger.tracking_uri, metrics, out, step=info["step"],
                           experiment_name=cfg.logger.experiment_name,
                           artifact_location=cfg.logger.artifact_location,
@@ -112,6 +174,8 @@ def _log(cfg, info, pointer, result, out: Path, bench_name: str) -> str | None:
 
 def evaluate_checkpoint(cfg) -> dict:
     """Load, evaluate, write, log; returns a summary (printed by the CLI)."""
+    import torch
+
     if cfg.log_to not in ("none", "new", "checkpoint"):  # before loading anything
         raise UserError(f"log_to={cfg.log_to}: choose none, new or checkpoint")
     device = _device(str(cfg.device))
@@ -125,6 +189,9 @@ def evaluate_checkpoint(cfg) -> dict:
     section, bench_name = _section(cfg, info)
     out = _out_dir(cfg, info, bench_name)
     _check_out(out)  # the default lies beside the checkpoint: known only now, still before the evaluation
+    from aotrain.benchmarks import Benchmark
+    from aotrain.checkpoints import evaluation_model
+
     try:
         benchmark = Benchmark.from_config(section, info["model_name"])
     except (FileNotFoundError, ValueError) as e:
