@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 import warnings
 
@@ -82,7 +84,9 @@ def recipes_and_options() -> list[str]:
     from aotrain.config import describe, group_options, groups
 
     lines = ["recipes:"]
-    lines += [f"  {r:<22}{describe('recipe', r)}" for r in group_options("recipe")]
+    names = group_options("recipe")
+    width = max(22, *(len(r) + 2 for r in names))  # a long name must not run into its description
+    lines += [f"  {r:<{width}}{describe('recipe', r)}" for r in names]
     lines += ["", "config groups (GROUP=CHOICE):"]
     lines += [f"  {g:<22}{', '.join(group_options(g))}" for g in groups() if g not in ("recipe", "sweeps")]
     lines += ["", "main options:"]
@@ -223,8 +227,37 @@ def raise_user(message: str):
     raise UserError(message)
 
 
+class _QuietWhenReaderLeaves:
+    """stdout that goes quiet, instead of raising BrokenPipeError, once the reader of a pipe has gone:
+    `aotrain filter stats pool/ | head` still writes its stats.json."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._gone()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._gone()
+
+    def _gone(self) -> None:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())  # what is left goes nowhere
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def run_filter(args: list[str]) -> int:
     import importlib
+
+    sys.stdout = _QuietWhenReaderLeaves(sys.stdout)
 
     if not args or args[0] in ("-h", "--help"):
         print("usage: aotrain filter COMMAND [--help] ...\n\ncommands:")
@@ -239,6 +272,16 @@ def run_filter(args: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`aotrain ...`; returns the exit code."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `aotrain filter stats ... | head`: the reader left early, nothing failed here
+        # Python would try to flush stdout again at exit and print a second traceback: point it elsewhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
         print("\n".join([USAGE, "", *recipes_and_options()]))

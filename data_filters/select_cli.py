@@ -87,7 +87,7 @@ def select_main(argv=None) -> int:
             write_subsets(subs, args.out, source=os.path.abspath(args.labels), overwrite=replace)
     except (ValueError, OSError) as e:  # InfeasibleTarget is a ValueError
         hint = "; --allow-repeats upsamples" if isinstance(e, InfeasibleTarget) and e.largest_size else ""
-        print(f"aotrain filter select: {e}{hint}", file=sys.stderr)
+        print(f"aotrain filter select: error: {e}{hint}", file=sys.stderr)
         return 2
     print(_region(subs[0].manifest, args))
     first = subs[0].manifest
@@ -155,7 +155,7 @@ def reshard_main(argv=None) -> int:
         shards, uid_field = _pool_shards(args.shards, args.uid_field)
         info = reshard(shards, uids, args.out, args.samples_per_shard, uid_field, overwrite=replace)
     except (ValueError, OSError, tarfile.TarError) as e:  # a corrupt shard is a bad input too
-        print(f"aotrain filter reshard: {e}", file=sys.stderr)
+        print(f"aotrain filter reshard: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {info['n_samples']} samples ({info['n_unique']} unique) in {len(info['shards'])} shards to "
           f"{args.out} (uid = {'sample key' if uid_field == '__key__' else 'json ' + repr(uid_field)}; "

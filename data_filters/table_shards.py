@@ -342,7 +342,7 @@ def table_shards_main(argv=None) -> int:
                                image_root=args.image_root, uids=uids, samples_per_shard=args.samples_per_shard,
                                overwrite=args.overwrite)
     except (ValueError, OSError, tarfile.TarError) as e:  # FileExistsError / FileNotFoundError are OSErrors
-        print(f"{PROG}: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {info['written']} samples in {info['shards']} shards to {args.out_dir} ({_summary_tail(info)})")
     return 0

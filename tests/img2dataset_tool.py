@@ -221,6 +221,11 @@ def run_img2dataset(out_dir, n_images: int = 300, failed: int = 20, duplicates: 
             "flags": flags}
 
 
+def toy_world_of(info: dict) -> Path:
+    """The toy world whose images run_img2dataset downloaded (its vocabulary and evaluation folders)."""
+    return next(Path(info["source_dir"]).glob("world/**/world.json")).parent
+
+
 def _oom(samples_per_shard: int) -> int:
     """img2dataset's digits for the row within a shard: ceil(log10(number_sample_per_shard)), in integers."""
     return len(str(samples_per_shard - 1)) if samples_per_shard > 1 else 0

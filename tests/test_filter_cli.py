@@ -95,3 +95,17 @@ def test_contamination_finds_benchmark_pairs_and_removes_them(world, tmp_path):
     left = {(m["attribute"], m["object"]) for m in
             (json.loads(s["json"]) for s in wds.WebDataset(urls, shardshuffle=False))}
     assert (a1, o1) not in left and (a2, o2) not in left
+
+
+def test_stats_piped_into_a_reader_that_leaves_still_writes_its_files(world, tmp_path):
+    """`aotrain filter stats ... | head`: the closed pipe is not an error, and stats.json is written."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "aotrain.cli", "filter", "stats", str(world / "pool"),
+                             "--vocab", f"world:{world}", "--out", str(tmp_path / "stats")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
+    assert json.loads((tmp_path / "stats" / "stats.json").read_text())["n_captions"] > 0

@@ -1,6 +1,6 @@
 """Pools written by the real img2dataset (tests/img2dataset_tool.py), read the way README's "Bring your
-own data" says: `aotrain filter stats|label|select|reshard` by hand, and `aotrain fit` on a real-data
-recipe, which must pick the same samples.
+own data" says: `aotrain filter stats|label|select|reshard` by hand. (That `aotrain fit` on a real-data
+recipe picks the same samples is tests/test_real_recipes.py's.)
 
 The pool: 300 toy images through img2dataset 1.47.0 in 4 shards, 8 URLs listed twice under two
 captions, 8 byte-identical copies under another file name, 20 missing files (failed downloads).
@@ -20,14 +20,10 @@ from PIL import Image
 from conftest import run_cli
 from data_filters.dedupe import load_selection_pool
 from data_filters.select import feasible_nmi_range, pair_counts
+from img2dataset_tool import toy_world_of
 
 SIZE = 120
 TOL = "0.02"  # a pool this small reaches NMI in coarse steps
-
-
-def _world(info) -> Path:
-    """The toy world whose images img2dataset downloaded (its vocabulary and evaluation folders)."""
-    return next(Path(info["source_dir"]).glob("world/**/world.json")).parent
 
 
 def _tar_samples(folder: Path) -> dict:
@@ -50,7 +46,7 @@ def _cli(tmp_path, *args):
 @pytest.fixture(scope="module")
 def manual(img2dataset_pool, tmp_path_factory):
     """The manual route on the pool: stats -> label -> select (NMI in the middle of its range) -> reshard."""
-    pool, world = img2dataset_pool["out_dir"], _world(img2dataset_pool)
+    pool, world = img2dataset_pool["out_dir"], toy_world_of(img2dataset_pool)
     out = tmp_path_factory.mktemp("manual")
     vocab = f"world:{world}"
     stats = _cli(out, "stats", str(pool), "--vocab", vocab, "--out", str(out / "stats"))
@@ -117,23 +113,8 @@ def test_every_resharded_sample_maps_back_to_its_img2dataset_key(img2dataset_poo
     Image.open(io.BytesIO(next(iter(written.values()))["jpg"])).verify()
 
 
-def test_fit_on_the_pool_selects_the_same_subset_as_the_manual_route(img2dataset_pool, manual, tmp_path):
-    world = manual["world"]
-    proc = run_cli("fit", "recipe=low_nmi_cc12m", f"data.pool={img2dataset_pool['out_dir']}",
-                   f"eval.benchmarks.imagenet_ao={world}/imagenet_ao/unseen",
-                   "model=toy_vit_micro", "trainer=cpu", "trainer.max_steps=1", "trainer.enable_progress_bar=false",
-                   "data.batch_size=16", "data.num_workers=0", "optim.warmup_steps=1",
-                   "subset.samples_per_shard=50", f"data.vocabulary=world:{world}", f"eval.vocabulary=world:{world}",
-                   "eval.templates=simple", "eval.num_workers=0", "eval.every_n_steps=0",
-                   f"subset.size={SIZE}", f"subset.nmi={manual['target']}", f"subset.tol={TOL}", root=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    (subset,) = (tmp_path / "cache").glob("subsets/*/subset/subset.npy")
-    assert subset.read_bytes() == (manual["dir"] / "subset" / "subset.npy").read_bytes()
-    assert "img2dataset output: 4 shards" in proc.stderr
-
-
 def test_a_datacomp_pool_is_keyed_by_uid(datacomp_pool, tmp_path):
-    pool, world = datacomp_pool["out_dir"], _world(datacomp_pool)
+    pool, world = datacomp_pool["out_dir"], toy_world_of(datacomp_pool)
     label = _cli(tmp_path, "label", str(pool), "--vocab", f"world:{world}", "--out", str(tmp_path / "labels.parquet"))
     assert "reading datacomp output: 4 shards" in label.stdout and "uid = uid" in label.stdout
     uids = pq.read_table(tmp_path / "labels.parquet").column("uid").to_pylist()
