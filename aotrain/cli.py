@@ -257,8 +257,6 @@ class _QuietWhenReaderLeaves:
 def run_filter(args: list[str]) -> int:
     import importlib
 
-    sys.stdout = _QuietWhenReaderLeaves(sys.stdout)
-
     if not args or args[0] in ("-h", "--help"):
         print("usage: aotrain filter COMMAND [--help] ...\n\ncommands:")
         print("\n".join(f"  {name:<15}{doc}" for name, (_, _, doc) in FILTER_COMMANDS.items()))
@@ -268,7 +266,11 @@ def run_filter(args: list[str]) -> int:
               file=sys.stderr)
         return 2
     module, function, _ = FILTER_COMMANDS[args[0]]
-    return getattr(importlib.import_module(module), function)(args[1:])
+    stdout, sys.stdout = sys.stdout, _QuietWhenReaderLeaves(sys.stdout)
+    try:
+        return getattr(importlib.import_module(module), function)(args[1:])
+    finally:
+        sys.stdout = stdout
 
 
 def main(argv: list[str] | None = None) -> int:

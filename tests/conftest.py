@@ -22,6 +22,38 @@ def run_cli(*args: str, root: Path | None = None, env: dict | None = None, timeo
                           env=full_env, cwd=root or REPO, timeout=timeout)
 
 
+def run_cli_here(*args: str, root: Path) -> subprocess.CompletedProcess:
+    """`aotrain ARGS` in this process, for commands that stop before any work (bad input): the same
+    main() and exit code as run_cli without a new interpreter's 5-10 s of imports. The environment,
+    working folder and signal handlers the command changes are put back afterwards."""
+    import contextlib
+    import io
+    import signal
+
+    from aotrain.cli import main
+
+    env, cwd = dict(os.environ), os.getcwd()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)}
+    out, err = io.StringIO(), io.StringIO()
+    for key in ("MLFLOW_TRACKING_URI", "AOTRAIN_RUN_ID"):
+        os.environ.pop(key, None)
+    os.environ["AOTRAIN_OUTPUT"] = str(root)
+    os.chdir(root)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+    finally:
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(env)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return subprocess.CompletedProcess(["aotrain", *args], code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="session")
 def smoke_fit(tmp_path_factory):
     """`aotrain fit debug=smoke` into a fresh output root: (root, CompletedProcess)."""

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from aotrain.data.datamodule import ShardDataModule
 from aotrain.data.shard_stream import SKIP_COLUMNS, read_error_log
 from aotrain.subset import pool_shards
-from conftest import run_cli
+from conftest import run_cli, run_cli_here
 
 EXPECTED = {"bad_image": 1, "bad_caption": 1, "no_caption": 1, "truncated_shard": 1}
 
@@ -200,8 +200,8 @@ def test_unusable_shards_are_named_before_any_work(world, tmp_path):
     (pool / "shard-000001.tar").write_bytes(b"")
     (pool / "shard-000002.tar").write_bytes(b"<html>404 not found</html>" * 40)  # a failed download saved as is
     (tmp_path / "out").mkdir()
-    proc = run_cli("fit", "recipe=null", "~world", f"data.pool={pool}", "eval=imagenet_ao",
-                   f"eval.benchmarks.imagenet_ao={world}/imagenet_ao/unseen", root=tmp_path / "out")
+    proc = run_cli_here("fit", "recipe=null", "~world", f"data.pool={pool}", "eval=imagenet_ao",
+                        f"eval.benchmarks.imagenet_ao={world}/imagenet_ao/unseen", root=tmp_path / "out")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "2 of 3 shards" in proc.stderr and "shard-000001.tar: empty file (0 bytes)" in proc.stderr
     assert "shard-000002.tar: not a tar archive" in proc.stderr

@@ -2,10 +2,10 @@
 
     python -m pytest tests/test_bad_inputs.py -q
 
-Each case runs the real CLI in a subprocess (conftest.run_cli) with AOTRAIN_OUTPUT set to an empty
-output root, then checks that the root is still empty (no run folder, no mlflow.db, no toy world,
+Each case runs the CLI's main() in this process (conftest.run_cli_here: the same code and exit code as
+the console script, without a new interpreter per case) with AOTRAIN_OUTPUT set to an empty output root, then checks that the root is still empty (no run folder, no mlflow.db, no toy world,
 no cache folder) and that the folder of prepared inputs is unchanged (no output file beside them).
-Every case fails before any training or world generation, so the whole table takes about a minute.
+Every case fails before any training or world generation, so the whole table takes about 15 seconds.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import run_cli
+from conftest import run_cli, run_cli_here
 
 FIT_RUN = "runs/toy_low_nmi-20260101-000000"   # a run folder whose only checkpoint is empty
 VOCAB = "attributes: {colour: [red, blue]}\nobjects: [fox, ball]\n"
@@ -172,7 +172,7 @@ def test_bad_input(inputs, tmp_path, case_id, command, expected):
     root.mkdir()
     before = _snapshot(inputs)
     args = [a.format(**{"in": inputs, "new": new, "cache": cache}) for a in command.split()]
-    proc = run_cli(*args, root=root, timeout=300)
+    proc = run_cli_here(*args, root=root)
     # Stage lines before the error: the sweep's plan, and the one case that labels a pool.
     progress = {"fit-subset-over-pool": ("stats:", "select:")}.get(case_id, ("sweep:",) if case_id.startswith("sweep") else ())
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -1,5 +1,5 @@
 """What a user sees from `aotrain` itself: help, and short errors for mistakes."""
-from conftest import run_cli
+from conftest import run_cli, run_cli_here
 
 
 def test_help_lists_commands_and_recipes():
@@ -13,7 +13,7 @@ def test_help_lists_commands_and_recipes():
 
 
 def test_unknown_recipe_is_a_short_error_with_the_choices(tmp_path):
-    proc = run_cli("fit", "recipe=toy_no_such_thing", root=tmp_path)
+    proc = run_cli_here("fit", "recipe=toy_no_such_thing", root=tmp_path)
     assert proc.returncode == 2
     assert "recipe/toy_no_such_thing" in proc.stderr and "toy_low_nmi" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -21,7 +21,7 @@ def test_unknown_recipe_is_a_short_error_with_the_choices(tmp_path):
 
 
 def test_unknown_key_names_the_key_and_the_valid_ones(tmp_path):
-    proc = run_cli("fit", "trainer.maxsteps=3", root=tmp_path)
+    proc = run_cli_here("fit", "trainer.maxsteps=3", root=tmp_path)
     assert proc.returncode == 2
     assert "trainer.maxsteps" in proc.stderr and "max_steps" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -35,7 +35,7 @@ def test_malformed_override_and_unknown_command(tmp_path):
 
 
 def test_bad_world_value_is_a_short_error(tmp_path):
-    proc = run_cli("world", "world.pool.joint=banana", root=tmp_path)
+    proc = run_cli_here("world", "world.pool.joint=banana", root=tmp_path)
     assert proc.returncode == 2
     assert "joint" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -54,24 +54,24 @@ def test_unreachable_subset_target_names_the_feasible_range(tmp_path):
 
 
 def test_real_data_without_a_pool_says_what_to_set(tmp_path):
-    proc = run_cli("fit", "recipe=null", "~world", root=tmp_path, timeout=120)
+    proc = run_cli_here("fit", "recipe=null", "~world", root=tmp_path)
     assert proc.returncode == 2
     assert "data.pool" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_cli("fit", "recipe=null", "~world", f"data.pool={tmp_path}/nowhere",
-                   "eval=imagenet_ao", f"eval.benchmarks.imagenet_ao={tmp_path}", root=tmp_path, timeout=120)
+    proc = run_cli_here("fit", "recipe=null", "~world", f"data.pool={tmp_path}/nowhere",
+                        "eval=imagenet_ao", f"eval.benchmarks.imagenet_ao={tmp_path}", root=tmp_path)
     assert proc.returncode == 2
     assert "pool folder not found" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_cli("fit", "~world", root=tmp_path, timeout=120)  # the default recipe needs the toy world
+    proc = run_cli_here("fit", "~world", root=tmp_path)  # the default recipe needs the toy world
     assert proc.returncode == 2
     assert "recipe=null" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_cli("fit", "recipe=null", "world=null", root=tmp_path, timeout=120)  # same as ~world
+    proc = run_cli_here("fit", "recipe=null", "world=null", root=tmp_path)  # same as ~world
     assert proc.returncode == 2
     assert "data.pool" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_bad_values_are_short_errors(tmp_path):
-    proc = run_cli("fit", "debug=smoke", "model.name=ViT-Q-99", root=tmp_path, timeout=120)
+    proc = run_cli_here("fit", "debug=smoke", "model.name=ViT-Q-99", root=tmp_path)
     assert proc.returncode == 2 and "ViT-Q-99" in proc.stderr and "toy-vit-tiny" in proc.stderr
     assert "Traceback" not in proc.stderr
-    proc = run_cli("fit", "debug=smoke", "trainer.precision=17-fancy", root=tmp_path, timeout=120)
+    proc = run_cli_here("fit", "debug=smoke", "trainer.precision=17-fancy", root=tmp_path)
     assert proc.returncode == 2 and "precision" in proc.stderr and "Traceback" not in proc.stderr

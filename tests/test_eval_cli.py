@@ -8,7 +8,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import run_cli
+from conftest import run_cli, run_cli_here
 from data_filters.contamination import training_pairs
 from data_filters.vocab import load_vocabulary
 
@@ -126,21 +126,21 @@ def test_eval_bad_inputs_get_one_clear_error(smoke_fit, tmp_path):
     run_dir = _run_dir(root)
     last = run_dir / "checkpoints" / "last.ckpt"
     before = sorted(p.name for p in run_dir.iterdir())
-    _assert_user_error(run_cli("eval", root=root), "nothing to evaluate")
-    _assert_user_error(run_cli("eval", f"checkpoint={tmp_path / 'nope.ckpt'}", root=root),
+    _assert_user_error(run_cli_here("eval", root=root), "nothing to evaluate")
+    _assert_user_error(run_cli_here("eval", f"checkpoint={tmp_path / 'nope.ckpt'}", root=root),
                        "checkpoint not found", "nope.ckpt")
-    _assert_user_error(run_cli("eval", f"checkpoint={run_dir / 'config.yaml'}", root=root), "cannot read")
-    _assert_user_error(run_cli("eval", f"checkpoint={last}", "model_name=toy-vit-tiny", root=root),
+    _assert_user_error(run_cli_here("eval", f"checkpoint={run_dir / 'config.yaml'}", root=root), "cannot read")
+    _assert_user_error(run_cli_here("eval", f"checkpoint={last}", "model_name=toy-vit-tiny", root=root),
                        "do not fit model toy-vit-tiny", "differ in shape")
-    _assert_user_error(run_cli("eval", f"checkpoint={last}", "model_name=no-such-model", root=root),
+    _assert_user_error(run_cli_here("eval", f"checkpoint={last}", "model_name=no-such-model", root=root),
                        "unknown model")
     empty = _bench_with(tmp_path / "e", {"red circle": False, "blue square": False})
-    _assert_user_error(run_cli("eval", f"checkpoint={last}", f"benchmark={empty}", root=root), "no images")
+    _assert_user_error(run_cli_here("eval", f"checkpoint={last}", f"benchmark={empty}", root=root), "no images")
     odd = _bench_with(tmp_path / "o", {"red circle": True, "furry frog": True})
-    _assert_user_error(run_cli("eval", f"checkpoint={last}", f"benchmark={odd}",
+    _assert_user_error(run_cli_here("eval", f"checkpoint={last}", f"benchmark={odd}",
                                f"vocabulary=world:{_world(root)}", root=root),
                        "do not name a pair", "'furry frog'")
-    _assert_user_error(run_cli("eval", f"checkpoint={last}", "log_to=somewhere", root=root), "log_to")
+    _assert_user_error(run_cli_here("eval", f"checkpoint={last}", "log_to=somewhere", root=root), "log_to")
     assert sorted(p.name for p in run_dir.iterdir()) == before  # nothing half-written
 
 

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import run_cli
+from conftest import run_cli, run_cli_here
 from data_filters.dedupe import load_selection_pool
 from data_filters.label import label_captions
 from data_filters.select import feasible_nmi_range, pair_counts
@@ -53,8 +53,8 @@ def _tiny(world: Path) -> list[str]:
             "eval.num_workers=0", "eval.every_n_steps=0"]
 
 
-def _fit(root: Path, world: Path, pool: Path, *extra: str):
-    return run_cli("fit", "recipe=low_nmi_cc12m", f"data.pool={pool}",
+def _fit(root: Path, world: Path, pool: Path, *extra: str, run=run_cli):
+    return run("fit", "recipe=low_nmi_cc12m", f"data.pool={pool}",
                    f"eval.benchmarks.imagenet_ao={world}/imagenet_ao/unseen", *_tiny(world), *extra, root=root)
 
 
@@ -125,14 +125,14 @@ def _no_training(root: Path, proc) -> None:
 
 
 def test_missing_pool_key_names_it(world, tmp_path):
-    proc = run_cli("fit", "recipe=low_nmi_cc12m", f"eval.benchmarks.imagenet_ao={world}/imagenet_ao/unseen",
-                   *_tiny(world), root=tmp_path)
+    proc = run_cli_here("fit", "recipe=low_nmi_cc12m", f"eval.benchmarks.imagenet_ao={world}/imagenet_ao/unseen",
+                        *_tiny(world), root=tmp_path)
     _no_training(tmp_path, proc)
     assert "set data.pool=" in proc.stderr
 
 
 def test_wrong_pool_path_is_an_error_before_training(world, tmp_path):
-    proc = _fit(tmp_path, world, tmp_path / "no-such-pool")
+    proc = _fit(tmp_path, world, tmp_path / "no-such-pool", run=run_cli_here)
     _no_training(tmp_path, proc)
     assert "data.pool: pool folder not found" in proc.stderr
 
@@ -140,14 +140,14 @@ def test_wrong_pool_path_is_an_error_before_training(world, tmp_path):
 def test_pool_without_parseable_captions_is_an_error_before_training(world, tmp_path):
     unparseable = tmp_path / "pool"
     write_pool(world, unparseable, samples_per_shard=300, captions=lambda rng, a, o: "Untitled photo")
-    proc = _fit(tmp_path, world, unparseable)
+    proc = _fit(tmp_path, world, unparseable, run=run_cli_here)
     _no_training(tmp_path, proc)
     assert "no caption with exactly one attribute-object pair" in proc.stderr
 
 
 def test_missing_benchmark_folder_is_an_error_before_selection(world, pool, tmp_path):
-    proc = run_cli("fit", "recipe=low_nmi_cc12m", f"data.pool={pool}",
-                   f"eval.benchmarks.imagenet_ao={tmp_path}/ImageNet-AO", *_tiny(world), root=tmp_path)
+    proc = run_cli_here("fit", "recipe=low_nmi_cc12m", f"data.pool={pool}",
+                        f"eval.benchmarks.imagenet_ao={tmp_path}/ImageNet-AO", *_tiny(world), root=tmp_path)
     _no_training(tmp_path, proc)
     assert "eval.benchmarks.imagenet_ao: no folder" in proc.stderr and "stats:" not in proc.stderr
 

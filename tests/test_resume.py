@@ -6,7 +6,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import run_cli
+from conftest import run_cli, run_cli_here
 
 ARGS = ("fit", "debug=smoke", "trainer.max_steps=6", "eval.every_n_steps=2")  # a checkpoint every 2 steps
 
@@ -45,7 +45,7 @@ def test_killed_run_resumes_to_the_same_weights_in_one_mlflow_run(tmp_path):
 
 
 def test_resume_from_a_path_without_checkpoint_is_a_clear_error(tmp_path):
-    proc = run_cli("fit", "debug=smoke", f"resume={tmp_path / 'nowhere'}", root=tmp_path)
+    proc = run_cli_here("fit", "debug=smoke", f"resume={tmp_path / 'nowhere'}", root=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "resume=" in proc.stderr and "no checkpoint there" in proc.stderr
 

@@ -17,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from aotrain.sweeps.grid import expand
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, run_cli_here
 
 AXES = {"nmi": "subset.nmi", "size": "subset.size", "seed": "seed", "supervision": "supervision"}
 CELLS = ["nmi0.1-size300-seed0-language", "nmi0.5-size300-seed0-language"]
@@ -149,7 +149,7 @@ def test_submitit_launcher_runs_a_supervised_twin_after_its_clip_cell(tmp_path):
     (["launcher.kind=cloud"], "choose local or submitit"),
 ])
 def test_bad_sweeps_fail_before_any_fit_with_one_line(tmp_path, args, message):
-    proc = run_cli("sweep", "recipe=tiny", *args, root=tmp_path)
+    proc = run_cli_here("sweep", "recipe=tiny", *args, root=tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "runs").exists()
