@@ -17,7 +17,9 @@ Kinds of pool folder (a list of files is read file by file, each by its format):
     huggingface   a `datasets` save_to_disk folder (state.json + data-*.arrow; a DatasetDict's splits too).
 
 A shard without a same-named .parquet beside it has its captions read from the tar, so a half-
-described folder is still read once and whole. --uid-column / --uid-field override the uid.
+described folder is still read once and whole; a table beside shards named like none of them (a URL
+list, another tool's metadata) is not read, and the description names it. --uid-column /
+--uid-field override the uid.
 """
 from __future__ import annotations
 
@@ -64,9 +66,17 @@ class Pool:
     shards: tuple[Path, ...]
     shard_uid_field: str
     uid_column: str | None = None  # an override (--uid-column); None: each file's default
+    ignored: tuple[Path, ...] = ()  # tables beside the shards named like none of them (not read)
 
     def describe(self) -> str:
         """One line saying what was found, e.g. for the commands to print."""
+        found = self._found()
+        if self.ignored:
+            names = ", ".join(f.name for f in self.ignored[:3]) + (", ..." if len(self.ignored) > 3 else "")
+            found += f"; not read: {len(self.ignored)} table(s) named like no shard ({names})"
+        return found
+
+    def _found(self) -> str:
         tables = [f for f in self.caption_files if file_format(f) != "shard"]
         from_tars = len(self.caption_files) - len(tables)
         n = f"{len(self.shards):,} shard{'s' if len(self.shards) != 1 else ''}"
@@ -147,15 +157,13 @@ def _open_folder(folder: Path, uid_column: str | None) -> Pool:
     # there only (no image bytes to skip), and a shard without a table from its .txt members.
     by_stem = {_stem(t): t for t in tables if file_format(t) == "parquet"}
     described = [by_stem[_stem(s)] for s in shards if _stem(s) in by_stem]
-    paired = set(described)
-    captions = sorted(described + [s for s in shards if _stem(s) not in by_stem]
-                      + [t for t in tables if t not in paired])
+    captions = sorted(described + [s for s in shards if _stem(s) not in by_stem])
+    # A table beside shards but named like none of them (a URL list, a metadata dump) would count
+    # captions the shards already hold: it is left out, and describe() names it.
+    ignored = tuple(t for t in tables if t not in set(described))
     field = uid_column or _shard_uid_field(shards, described)
-    if described:
-        kind = "datacomp" if _has_column(described[0], "uid") else "img2dataset"
-    else:
-        kind = "webdataset" if not tables else "tables"
-    return Pool(kind, str(folder), tuple(captions), tuple(shards), field, uid_column)
+    kind = ("datacomp" if _has_column(described[0], "uid") else "img2dataset") if described else "webdataset"
+    return Pool(kind, str(folder), tuple(captions), tuple(shards), field, uid_column, ignored)
 
 
 def open_pool(sources, uid_column: str | None = None) -> Pool:
