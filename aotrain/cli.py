@@ -114,6 +114,7 @@ EVAL_OPTIONS = [
     ("templates=openai|simple|[...]", "prompt templates (default: the run's, else the 80 OpenAI ones)"),
     ("vocabulary=SPEC", "builtin | benchmark:DIR | world:PATH | FILE (default: the run's, else folder names)"),
     ("seen_from=PATH", "training manifest.json / labels parquet / captions: their pairs count as seen"),
+    ("seen_vocabulary=SPEC", "the vocabulary seen_from was labelled with (default: the run's, else vocabulary=)"),
     ("open_world=BOOL", "also rank all attribute x object pairs (default true)"),
     ("log_to=none|new|checkpoint", "log to MLflow: a new run, or the checkpoint's own run"),
     ("out=DIR", "where results go (default: beside the checkpoint's run)"),
