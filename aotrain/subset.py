@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_filters.dedupe import load_selection_pool
+from data_filters.dedupe import dropped_line, load_selection_pool
 from data_filters.files import no_empty_folders_on_error, write_text_atomic
 from data_filters.label import label_captions, load_labels, skipped_line
 from data_filters.nmi import joint_stats
@@ -99,8 +99,8 @@ def select_stage(labels: Path, spec: dict, cache: Path) -> Path:
     with no_empty_folders_on_error(folder.parent, folder):  # an infeasible target leaves no empty folder
         # The same pool `aotrain filter select` draws from: duplicate images dropped (data_filters/dedupe.py).
         pool, caption_keys, dedupe = load_selection_pool(labels, spec.get("dedupe"))
-        if dedupe["duplicates_dropped"]:
-            _say("select", f"{dedupe['duplicates_dropped']:,} labelled samples dropped as duplicate images")
+        if dropped_line(dedupe):
+            _say("select", dropped_line(dedupe))
         chosen = select_subset(*pool, size=spec["size"], nmi_target=spec["nmi"], distinct_pairs=spec.get("pairs"),
                                seed=spec["seed"], tol=spec["tol"], caption_keys=caption_keys)
         chosen.manifest.update(dedupe)

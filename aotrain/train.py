@@ -133,16 +133,7 @@ def _subset_params(facts: dict | None) -> dict:
     names = {"pool_captions": "subset_source_captions", "pool_unlabelled": "subset_source_unlabelled",
              "not_downloaded": "subset_source_not_downloaded",
              "duplicates_dropped": "subset_source_duplicates_dropped"}
-    return {name: _count(facts[key]) for key, name in names.items() if facts.get(key) is not None}
-
-
-def _count(value) -> int:
-    """A count that may come as a number, a {kind: n} mapping or a list of items."""
-    if isinstance(value, dict):
-        return int(sum(value.values()))
-    if isinstance(value, (list, tuple)):
-        return len(value)
-    return int(value)
+    return {name: int(facts[key]) for key, name in names.items() if facts.get(key) is not None}
 
 
 def _check_writable_paths(cfg) -> None:
@@ -363,7 +354,7 @@ def _subset_lines(facts: dict) -> list[str]:
         dropped.append(f"{facts['pool_unlabelled']:,} of {captions:,} pool captions name no single pair")
     for key, words in (("not_downloaded", "not downloaded"), ("duplicates_dropped", "duplicate images")):
         if facts.get(key):
-            dropped.append(f"{_count(facts[key]):,} {words}")
+            dropped.append(f"{facts[key]:,} {words}")
     dropped += [f"{n:,} {kind}" for kind, n in sorted(facts.get("pool_skipped", {}).items()) if n]
     if facts.get("pool_truncated_shards"):
         dropped.append(f"{facts['pool_truncated_shards']} truncated shard(s)")

@@ -48,6 +48,12 @@ def _reindex(names: list[str], idx: np.ndarray) -> tuple[np.ndarray, list[str]]:
     return new_idx, kept.tolist()
 
 
+def dropped_line(info: dict) -> str | None:
+    """'13 labelled samples dropped as duplicate images (one sample per image)', or None when none were."""
+    n = info["duplicates_dropped"]
+    return f"{n:,} labelled samples dropped as duplicate images (one sample per image)" if n else None
+
+
 def load_selection_pool(labels, dedupe: bool | None = None):
     """(pool tuple for select_many, caption keys or None, manifest additions).
 

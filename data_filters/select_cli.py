@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_filters.dedupe import load_selection_pool
+from data_filters.dedupe import dropped_line, load_selection_pool
 from data_filters.files import check_output
 from data_filters.nmi import NORMALISERS
 
@@ -74,8 +74,8 @@ def select_main(argv=None) -> int:
         check_output(Path(args.out), args.overwrite)
         replace = Path(args.out).exists()  # allowed by check_output: --overwrite, or an empty folder
         pool, caption_keys, dedupe = load_selection_pool(args.labels, args.dedupe)
-        if dedupe["duplicates_dropped"]:
-            print(f"duplicates: {dedupe['duplicates_dropped']:,} labelled samples dropped (one sample per image)")
+        if dropped_line(dedupe):
+            print(f"duplicates: {dropped_line(dedupe)}")
         subs = select_many(*pool, size=args.size, nmi_targets=args.nmi, seed=args.seed, normaliser=args.normaliser,
                            fixed_marginals=not args.free_marginals, allow_repeats=args.allow_repeats, tol=args.tol,
                            distinct_pairs=args.pairs, caption_keys=caption_keys)

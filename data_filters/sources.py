@@ -3,7 +3,6 @@
     python -c "from data_filters.sources import iter_captions; s = iter_captions('pool/'); print(sum(1 for _ in s), s.malformed)"
 
 Formats by file name: .parquet/.pq, .arrow/.feather/.ipc, .csv, .tsv, .tar/.tar.gz/.tgz.
-A directory stands for every supported file under it (sorted, recursive).
 A folder is read as data_filters/pools.py recognises it (an img2dataset or DataComp folder's
 captions from its .parquet files only, so each caption is read once).
 uid: `uid_column` if given; otherwise a "uid" column/json field when present, then (tables) a "key"
@@ -31,7 +30,7 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_filters.pools import SHARD_SUFFIXES, TABLE_SUFFIXES, UID_COLUMNS, Pool, file_format, open_pool  # noqa: F401
+from data_filters.pools import UID_COLUMNS, Pool, file_format, open_pool
 from data_filters.samples import image_key, read_caption, read_shard, sample_problem
 
 BATCH_ROWS = 65536

@@ -33,7 +33,8 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from data_filters.files import add_tar_member, check_output, publish_dir, temp_dir_for
-from data_filters.sources import CaptionStream, expand_paths, file_format
+from data_filters.pools import file_format
+from data_filters.sources import CaptionStream, expand_paths
 
 PROG = "aotrain filter table-shards"
 HF_MARKERS = ("state.json", "dataset_info.json")
