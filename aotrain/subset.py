@@ -49,7 +49,6 @@ def _fingerprint(files: list[Path]) -> list:
 def label_stage(pool: Path, vocab_spec: str, cache: Path) -> tuple[Path, dict]:
     """(labels.parquet, stats) of the pool's captions under `vocab_spec`; cached by pool and vocabulary.
     The pool is read as data_filters/pools.py recognises it, like `aotrain filter label <pool>`."""
-    pool_shards(pool)  # a usable pool folder, before anything is read
     found = open_pool(pool)
     files = list(found.caption_files)
     folder = Path(cache) / f"labels-{_key(_fingerprint(files), vocabulary_checksum(vocab_spec))}"
