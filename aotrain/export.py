@@ -14,9 +14,10 @@ SRC is one of
     (`checkpoint/`) that holds the `*_model_states.pt` and `*_optim_states.pt` shards; the fp32 weights
     are merged from the optimizer shards and Lightning's state (epoch, global_step, hyper_parameters,
     aotrain_module, ...) comes from the rank-0 model-states file;
-  - a Lightning FSDP sharded folder (recipes/trainer/fsdp.yaml): torch.distributed.checkpoint files
-    (`.metadata`, `__*_*.distcp`) holding {"model": ..., "optimizer_0": ...} plus `meta.pt` with the rest
-    of Lightning's checkpoint dict.
+  - a Lightning FSDP sharded folder: torch.distributed.checkpoint files (`.metadata`, `__*_*.distcp`)
+    holding the weights and optimizer state, plus `meta.pt` with the rest of Lightning's checkpoint
+    dict. The weights are under "state_dict" for FSDP2 (recipes/trainer/fsdp2.yaml, Lightning's
+    ModelParallelStrategy) and under "model" for FSDP1 (recipes/trainer/fsdp.yaml, FSDPStrategy).
 DST is one file `aotrain eval` (aotrain.checkpoints.load_checkpoint) reads: {"state_dict": {"net.…": fp32
 tensors}, "hyper_parameters", "aotrain_module", "aotrain_classes" (supervised), "global_step", "epoch", ...}.
 Optimizer state is not exported (the file is for evaluation and `load_from_checkpoint`, not for resuming).
@@ -47,6 +48,7 @@ _DEEPSPEED_KEYS = {
     "sparse_tensor_module_names", "checkpoint_parallel_dimensions",
 }
 _NOT_EXPORTED = {"optimizer_states"}
+_DCP_WEIGHTS = ("state_dict", "model")  # FSDP2 (ModelParallelStrategy), FSDP1 (FSDPStrategy)
 
 
 def detect_format(src) -> str:
@@ -121,14 +123,19 @@ def _read_fsdp(src: Path) -> dict:
         meta = torch.load(src / FSDP_META, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ValueError(f"cannot read {src / FSDP_META}: {str(e).splitlines()[0]}") from None
+    reader = FileSystemReader(src)
+    try:
+        entries = {name.split(".", 1)[0] for name in reader.read_metadata().state_dict_metadata}
+    except Exception as e:
+        raise ValueError(f"cannot read {src / DCP_METADATA}: {str(e).splitlines()[0]}") from None
+    key = next((k for k in _DCP_WEIGHTS if k in entries), None)
+    if key is None:
+        raise ValueError(f"{src} holds no weights ({' or '.join(_DCP_WEIGHTS)} entry): not a Lightning FSDP checkpoint")
     loaded: dict = {}
     # As torch.distributed.checkpoint.format_utils.dcp_to_torch_save, but the weights only (not optimizer_*).
-    _load_state_dict(loaded, storage_reader=FileSystemReader(src), planner=_EmptyStateDictLoadPlanner(keys=["model"]),
-                     no_dist=True)
-    if "model" not in loaded:
-        raise ValueError(f"{src} holds no 'model' entry: not a Lightning FSDP checkpoint")
+    _load_state_dict(loaded, storage_reader=reader, planner=_EmptyStateDictLoadPlanner(keys=[key]), no_dist=True)
     ckpt = dict(meta)
-    ckpt["state_dict"] = _fp32(loaded["model"])
+    ckpt["state_dict"] = _fp32(loaded[key])
     return ckpt
 
 

@@ -15,6 +15,7 @@ from open_clip.loss import ClipLoss, SigLipLoss
 from aotrain.config import compose, instantiate
 from aotrain.data.datamodule import ShardDataModule
 from aotrain.modules.clip import CLIPModule
+from aotrain.strategies import FSDP2Strategy
 from conftest import run_cli
 
 N, D = 8, 16  # global batch, feature width
@@ -120,18 +121,24 @@ def test_two_process_ddp_fit_through_the_cli(tmp_path):
     assert "eval/unseen/pair_top1" in run.data.metrics
 
 
-STRATEGIES = ["ddp", "fsdp", "fsdp_offload", "deepspeed_stage_2", "deepspeed_stage_3",
+STRATEGIES = ["ddp", "fsdp", "fsdp_offload", "fsdp2", "fsdp2_offload", "deepspeed_stage_2", "deepspeed_stage_3",
               "deepspeed_stage_2_offload", "deepspeed_stage_3_offload"]
 
 
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_every_strategy_config_builds(name):
     cfg = compose([f"trainer={name}"])
-    assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.gradient_clip_val == 1.0
+    # FSDP2 casts through its own mixed-precision policy (bf16 on GPUs), so Lightning's stays fp32.
+    assert cfg.trainer.precision == ("32-true" if name.startswith("fsdp2") else "bf16-mixed")
+    assert cfg.trainer.gradient_clip_val == 1.0
     strategy = cfg.trainer.strategy
     if name == "ddp":
         trainer = instantiate(cfg.trainer, accelerator="cpu", devices=1, precision="32-true", logger=False)
         assert type(trainer.strategy).__name__ == "DDPStrategy"
+    elif name.startswith("fsdp2"):
+        built = instantiate(strategy)
+        assert isinstance(built, FSDP2Strategy)
+        assert built.cpu_offload == name.endswith("offload") and built.mixed_precision == "auto"
     elif name.startswith("fsdp"):
         built = instantiate(strategy)
         assert isinstance(built, FSDPStrategy)

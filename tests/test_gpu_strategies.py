@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "deepspeed_stage_2", "deepspeed_stage_3", "fsdp"])
+@pytest.mark.parametrize("strategy", ["ddp", "deepspeed_stage_2", "deepspeed_stage_3", "fsdp", "fsdp2", "fsdp2_offload"])
 def test_strategy_fits_exports_and_evaluates(strategy, tmp_path):
     proc = run_cli("fit", "debug=smoke", f"trainer={strategy}", "trainer.devices=1", root=tmp_path, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -4,12 +4,15 @@
 Metrics go to the Trainer's logger as `eval/<group>/<metric>` (names: evaluation/evaluate.py) and to
 `callback_metrics`, so ModelCheckpoint can monitor them. The tables of the latest evaluation are
 written to `<out_dir>/eval/` and logged as artifacts by aotrain.tracking at the end of fit.
-Global rank 0 evaluates and the other ranks wait for its metrics in a broadcast; under FSDP and
-ZeRO-3 every rank evaluates inside a parameter gather (a collective), so no rank waits on another.
+Global rank 0 evaluates and the other ranks wait for its metrics in a broadcast. Under FSDP and ZeRO-3
+every rank evaluates inside a parameter gather (a collective); under FSDP2 every rank evaluates the
+sharded network, whose forward gathers each block's weights in turn. Either way no rank waits on
+another, and the numbers are those of the whole model.
 `aotrain eval checkpoint=...` runs the same code (aotrain.benchmarks) on a saved checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import lightning as L
@@ -72,10 +75,16 @@ class BenchmarkEvaluation(L.Callback):
 
 
 def full_parameters(strategy, pl_module):
-    """A context that gathers whole parameters on every rank under FSDP or ZeRO-3; None when each
+    """A context inside which every rank evaluates the whole model: under FSDP or ZeRO-3 it gathers
+    whole parameters, under FSDP2 (aotrain.strategies.FSDP2Strategy) it does nothing, as the sharded
+    network's forward (and encode_image/encode_text) gathers them block by block. None when each
     rank already holds them (single device, DDP, ZeRO-1/2)."""
     from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 
+    from aotrain.strategies import FSDP2Strategy
+
+    if isinstance(strategy, FSDP2Strategy):
+        return contextlib.nullcontext()
     if isinstance(strategy, FSDPStrategy):
         from torch.distributed.fsdp import FullyShardedDataParallel
 
