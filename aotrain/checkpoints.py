@@ -116,10 +116,8 @@ def load_checkpoint(path, model_name: str | None = None):
     if kind == "clip":
         net = towers.build_clip(name)
     elif kind == "supervised":
-        from aotrain.modules.supervised import SupervisedNet
-
         towers.model_config(name)  # clear error for an unknown name
-        net = SupervisedNet(name, ckpt["aotrain_classes"])
+        net = towers.SupervisedNet(name, ckpt["aotrain_classes"])
     else:
         raise ValueError(f"{path} holds a {kind!r} module, which aotrain eval cannot read")
     load_weights(net, _strip(ckpt["state_dict"], "net."), str(path), name)

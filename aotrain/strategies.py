@@ -10,16 +10,48 @@ parallelisation they apply to a module's network: the model code (aotrain/module
 """
 from __future__ import annotations
 
-import shutil
+import contextlib
 from pathlib import Path
 
 import torch
-from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from open_clip.transformer import ResidualAttentionBlock
+
+from data_filters.files import publish_dir, temp_dir_for
 
 # Methods of an open_clip CLIP that run the network without calling forward(): FSDP2 must gather the
 # root's parameters for them too (evaluation encodes images and texts separately).
 FORWARD_METHODS = ("encode_image", "encode_text")
+
+
+def configure_network(net: torch.nn.Module, grad_checkpointing: bool = False, compile: bool = False) -> None:
+    """What every strategy applies to a module's network before any sharding (the modules'
+    `configure_model` hook calls it, before the optimizer exists)."""
+    if grad_checkpointing:
+        net.set_grad_checkpointing(True)  # recompute activations in backward: less memory
+    if compile:
+        net.compile()  # in place: parameter names (and checkpoints) stay as they are
+
+
+def full_parameters(strategy, pl_module):
+    """A context inside which every rank evaluates the whole model: under FSDP or ZeRO-3 it gathers
+    whole parameters; under FSDP2 it does nothing, as the sharded network's forward (and
+    encode_image/encode_text) gathers them block by block. None when each rank already holds them
+    (single device, DDP, ZeRO-1/2): then rank 0 alone evaluates.
+
+        with full_parameters(trainer.strategy, module) or contextlib.nullcontext(): ...
+    """
+    if isinstance(strategy, FSDP2Strategy):
+        return contextlib.nullcontext()
+    if isinstance(strategy, FSDPStrategy):
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        return FullyShardedDataParallel.summon_full_params(strategy.model, writeback=False)
+    if isinstance(strategy, DeepSpeedStrategy) and strategy.config.get("zero_optimization", {}).get("stage") == 3:
+        import deepspeed  # CUDA machines only: not importable everywhere
+
+        return deepspeed.zero.GatheredParameters(list(pl_module.parameters()), modifier_rank=None)
+    return None
 
 
 def fsdp(sharding_strategy: str = "FULL_SHARD", state_dict_type: str = "sharded", cpu_offload: bool = False,
@@ -61,8 +93,8 @@ class FSDP2Strategy(ModelParallelStrategy):
 
     def setup(self, trainer) -> None:
         net = self.lightning_module.net
-        if self.activation_checkpointing:
-            net.set_grad_checkpointing(True)  # open_clip recomputes each block in backward
+        # The same recomputation as module.grad_checkpointing=true: open_clip checkpoints each block.
+        configure_network(net, grad_checkpointing=self.activation_checkpointing)
         shard_network(net, self.device_mesh["data_parallel"], reshard_after_forward=self.reshard_after_forward,
                       mp_policy=_mp_policy(self.mixed_precision, self.root_device),
                       cpu_offload=self.cpu_offload)
@@ -73,21 +105,11 @@ class FSDP2Strategy(ModelParallelStrategy):
         # a fresh folder beside its name and swap it in once every rank has written, so that a kill
         # during a save leaves the previous checkpoint whole (resume=auto then continues from it).
         path = Path(self.broadcast(str(filepath)))
-        staging = path.with_name(f".{path.name}.partial")
-        if self.is_global_zero and staging.exists():  # left by a save that was killed
-            shutil.rmtree(staging)
-        self.barrier()
+        staging = Path(self.broadcast(str(temp_dir_for(path)) if self.is_global_zero else None))
         super().save_checkpoint(checkpoint, staging, storage_options)
         self.barrier()  # every rank's shard and rank 0's .metadata and meta.pt are written
         if self.is_global_zero:
-            old = path.with_name(f".{path.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            if path.exists():
-                path.rename(old)
-            staging.rename(path)
-            if old.exists():
-                shutil.rmtree(old)
+            publish_dir(staging, path, overwrite=True)
         self.barrier()
 
     def model_to_device(self) -> None:

@@ -5,6 +5,7 @@ Our tiny configs live in aotrain/model_configs/*.json and are registered beside 
 
     >>> model = build_clip("toy-vit-tiny")          # random init, never downloads weights
     >>> tower = build_vision_tower("toy-vit-tiny")  # its image tower alone (the supervised twin's)
+    >>> net = SupervisedNet("toy-vit-tiny", {"object": ["cube", "sphere"]})   # that tower + linear heads
     >>> train_tf, eval_tf = image_transforms("toy-vit-tiny")
 
 Every function here also takes the path of an open_clip model config file (the JSON of open_clip's
@@ -21,6 +22,8 @@ import json
 from pathlib import Path
 
 import open_clip
+import torch
+from torch import nn
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 
@@ -109,3 +112,21 @@ def image_transforms(name: str):
     train = open_clip.image_transform(size, is_train=True)
     evaluation = open_clip.image_transform(size, is_train=False)
     return train, evaluation
+
+
+class SupervisedNet(nn.Module):
+    """Image tower + one linear head per task over its embedding. classify(images) -> {task: [B, C_task]}."""
+
+    def __init__(self, model_name: str, classes: dict[str, list[str]]):
+        super().__init__()
+        self.classes = {task: list(names) for task, names in classes.items()}
+        self.visual = build_vision_tower(model_name)  # first, so its init matches the CLIP twin's
+        width = model_config(model_name)["embed_dim"]
+        self.heads = nn.ModuleDict({task: nn.Linear(width, len(names)) for task, names in self.classes.items()})
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.visual.set_grad_checkpointing(enable)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = self.visual(images)  # [B, embed_dim]
+        return {task: head(feats) for task, head in self.heads.items()}

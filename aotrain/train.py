@@ -29,10 +29,9 @@ from aotrain.parity import RECORD, differences, flat_params, load_record, parity
 from aotrain.subset import pool_shards, prepare_subset
 from aotrain.toyworld import generate_world, load_world
 from aotrain.resume import find_resume
-from data_filters.files import write_text_atomic
 from aotrain.tracking import (check_store, close_logger, curated_params, is_rank_zero, log_artifacts, make_logger,
                               read_run_pointer, write_run_pointer)
-from data_filters.files import OutputError, check_writable
+from data_filters.files import OutputError, check_writable, write_text_atomic
 
 
 def _launch_id() -> str:
@@ -277,7 +276,7 @@ def fit(cfg) -> dict:
     if trainer.is_global_zero and ckpt is None:
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, run_dir / "config.yaml")
-        (run_dir / RECORD).write_text(json.dumps(parity, indent=1) + "\n")
+        write_text_atomic(run_dir / RECORD, json.dumps(parity, indent=1) + "\n")
         logger.log_hyperparams({**curated_params(cfg, world, subset, datamodule, module), **flat_params(parity),
                                 **_subset_params(subset_facts(subset))})
         write_run_pointer(run_dir, cfg.logger.tracking_uri, logger)

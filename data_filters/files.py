@@ -47,10 +47,12 @@ def _umask() -> int:
     return mask
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, then rename it into place."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write `text` as UTF-8 (tables and reports hold "±", names may not be ASCII) to a temporary file
+    beside `path`, then rename it into place; returns `path`."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         f.write(text)
+    return path
 
 
 def temp_dir_for(final: Path) -> Path:

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import is_numeric_dtype
 
-from data_filters.files import atomic_path
+from data_filters.files import write_text_atomic
 from evaluation.sweep_plots import (SUPERVISION_LABELS, UNSEEN_OBJECT, _axis_label, _fmt_value, _has_values,
                                     _unique, _write_plots, metric_label)
 from evaluation.sweep_stats import (CELL_COLUMNS, GAP_COLUMNS, NUMERIC_AXES, SUPERVISION_AXIS, _cell_axes,
@@ -334,13 +334,6 @@ def _report_md(title: str, runs: pd.DataFrame, axes: Sequence[str], primary: str
     return "\n".join(lines) + "\n"
 
 
-def _write_text(path: Path, text: str) -> Path:
-    """Write UTF-8 ``text`` to ``path`` atomically (tables and report hold "±")."""
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    return path
-
-
 def _json_records(frame: pd.DataFrame) -> list[dict]:
     """``frame`` as JSON-safe records: numpy scalars to Python, NaN to None."""
     return [{str(k): (None if _missing(v) else _scalar(v)) for k, v in row.items()}
@@ -374,17 +367,17 @@ def write_report(runs: pd.DataFrame, out_dir: str | os.PathLike, axes: Sequence[
     tables = {m: cell_table(runs, axes, m) for m in metrics}
     for metric, table in tables.items():
         name = f"tables/{_table_name(metric)}"
-        written[name] = _write_text(out_dir / name, table.to_csv(index=False))
+        written[name] = write_text_atomic(out_dir / name, table.to_csv(index=False))
 
     effects = _effects(runs, axes, _effect_metrics(runs, primary))
-    written["effects.csv"] = _write_text(out_dir / "effects.csv", effects.to_csv(index=False))
-    written["effects.json"] = _write_text(out_dir / "effects.json",
+    written["effects.csv"] = write_text_atomic(out_dir / "effects.csv", effects.to_csv(index=False))
+    written["effects.json"] = write_text_atomic(out_dir / "effects.json",
                                           json.dumps(_json_records(effects), indent=2) + "\n")
     gaps = _gaps(runs, axes, _gap_metrics(runs))
-    written["supervision_gap.csv"] = _write_text(out_dir / "supervision_gap.csv", gaps.to_csv(index=False))
+    written["supervision_gap.csv"] = write_text_atomic(out_dir / "supervision_gap.csv", gaps.to_csv(index=False))
 
     plots = _write_plots(runs, out_dir, axes, primary)
     written.update(plots)
     report = _report_md(title, runs, axes, primary, effects, gaps, tables, plots)
-    written["report.md"] = _write_text(out_dir / "report.md", report)
+    written["report.md"] = write_text_atomic(out_dir / "report.md", report)
     return written

@@ -12,13 +12,13 @@ another, and the numbers are those of the whole model.
 """
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import lightning as L
 import torch
 
 from aotrain.benchmarks import Benchmark
+from aotrain.strategies import full_parameters
 from evaluation.evaluate import EvalResult
 
 
@@ -73,24 +73,3 @@ class BenchmarkEvaluation(L.Callback):
     def on_train_end(self, trainer, pl_module):
         self._run(trainer, pl_module)  # no-op when the last step was already evaluated
 
-
-def full_parameters(strategy, pl_module):
-    """A context inside which every rank evaluates the whole model: under FSDP or ZeRO-3 it gathers
-    whole parameters, under FSDP2 (aotrain.strategies.FSDP2Strategy) it does nothing, as the sharded
-    network's forward (and encode_image/encode_text) gathers them block by block. None when each
-    rank already holds them (single device, DDP, ZeRO-1/2)."""
-    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
-
-    from aotrain.strategies import FSDP2Strategy
-
-    if isinstance(strategy, FSDP2Strategy):
-        return contextlib.nullcontext()
-    if isinstance(strategy, FSDPStrategy):
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
-        return FullyShardedDataParallel.summon_full_params(strategy.model, writeback=False)
-    if isinstance(strategy, DeepSpeedStrategy) and strategy.config.get("zero_optimization", {}).get("stage") == 3:
-        import deepspeed
-
-        return deepspeed.zero.GatheredParameters(list(pl_module.parameters()), modifier_rank=None)
-    return None

@@ -8,7 +8,9 @@ import lightning as L
 import numpy as np
 import torch
 
+from aotrain.checkpoints import evaluation_model
 from aotrain.modules.optim import build_optimizer
+from aotrain.strategies import configure_network
 
 
 class TwinModule(L.LightningModule):
@@ -33,19 +35,15 @@ class TwinModule(L.LightningModule):
 
     def evaluation_model(self, device):
         """The evaluation.models adapter of the current weights (the same one `aotrain eval` builds)."""
-        from aotrain.checkpoints import evaluation_model
-
         return evaluation_model(self.net, {"kind": self.kind, "model_name": self.hparams.model_name}, device)
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.net.parameters())
 
     def configure_model(self) -> None:
-        # Called by Lightning under every strategy before the optimizer exists.
-        if self.hparams.get("grad_checkpointing"):
-            self.net.set_grad_checkpointing(True)  # recompute activations in backward: less memory
-        if self.hparams.get("compile"):
-            self.net.compile()  # in place: parameter names (and checkpoints) stay as they are
+        # Called by Lightning under every strategy before the optimizer exists (FSDP2 shards after it).
+        configure_network(self.net, grad_checkpointing=bool(self.hparams.get("grad_checkpointing")),
+                          compile=bool(self.hparams.get("compile")))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["aotrain_module"] = self.kind  # aotrain eval (aotrain/checkpoints.py) reads which kind it holds

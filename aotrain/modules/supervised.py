@@ -15,29 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aotrain import towers
 from aotrain.data.labels import label_classes
 from aotrain.modules.base import TwinModule
+from aotrain.towers import SupervisedNet
 
 LABEL_COLUMN = {"attribute": 0, "object": 1}  # column of each head's target in a label batch [B, 2]
-
-
-class SupervisedNet(nn.Module):
-    """Image tower + one linear head per task over its embedding. classify(images) -> {task: [B, C_task]}."""
-
-    def __init__(self, model_name: str, classes: dict[str, list[str]]):
-        super().__init__()
-        self.classes = {task: list(names) for task, names in classes.items()}
-        self.visual = towers.build_vision_tower(model_name)  # first, so its init matches the CLIP twin's
-        width = towers.model_config(model_name)["embed_dim"]
-        self.heads = nn.ModuleDict({task: nn.Linear(width, len(names)) for task, names in self.classes.items()})
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.visual.set_grad_checkpointing(enable)
-
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        feats = self.visual(images)  # [B, embed_dim]
-        return {task: head(feats) for task, head in self.heads.items()}
 
 
 class SupervisedModule(TwinModule):
