@@ -28,7 +28,8 @@ from data_filters.label import label_captions, load_labels, skipped_line
 from data_filters.nmi import joint_stats
 from data_filters.pools import open_pool, pool_shards
 from data_filters.reshard import reshard
-from data_filters.select import pair_counts, select_subset, write_subset
+from data_filters.select import pair_counts, select_subset
+from data_filters.subset_files import write_subset
 from data_filters.vocab import vocabulary_checksum
 
 

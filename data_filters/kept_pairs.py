@@ -5,7 +5,7 @@
     kept = order.mask(40, counts.shape)            # the 40 pairs a 40-pair subset keeps
 
 `select_subset(..., distinct_pairs=K)` takes the first K pairs of this order; the NMI machinery of
-select.py then runs inside them with every kept pair holding at least one sample.
+plan.py then runs inside them with every kept pair holding at least one sample.
 
 The order (fixed by pool, size, marginals and seed; the same for every K, so pair sets are nested):
 1. Key every pair of the pool by a seeded draw weighted by its pool count (Efraimidis-Spirakis:
@@ -35,10 +35,9 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import sparse
-from scipy.optimize import linprog
+from data_filters.transport import transport_on_cells
 
-ORDER_STREAM = 9  # seed stream of the pair keys; _pick in select.py draws from [seed, a, o]
+ORDER_STREAM = 9  # seed stream of the pair keys; pick_rows in subset_files.py draws from [seed, a, o]
 
 
 @dataclass
@@ -68,23 +67,6 @@ def pair_keys(counts: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return cells, -np.log1p(-u) / counts.ravel()[cells]  # Exp(1) / weight; 1 - u is in (0, 1]
 
 
-def transport_on_cells(cells, cost, r, c, lower, upper, n_objects: int) -> np.ndarray | None:
-    """Integer values on `cells` (flat indices) with row sums r, column sums c, lower <= T <= upper,
-    minimising sum(cost * T); None if none. Only the listed cells are variables (sparse pools)."""
-    n_a, n = len(r), len(cells)
-    a, o = np.divmod(np.asarray(cells, dtype=np.int64), n_objects)
-    eq = sparse.csr_matrix((np.ones(2 * n), (np.concatenate([a, n_a + o]), np.tile(np.arange(n), 2))),
-                           shape=(n_a + len(c), n))
-    res = linprog(np.asarray(cost, dtype=np.float64), A_eq=eq, b_eq=np.concatenate([r, c]).astype(np.float64),
-                  bounds=np.column_stack([lower, upper]).astype(np.float64), method="highs-ds")
-    if res.status != 0:
-        return None
-    values = np.rint(res.x).astype(np.int64)
-    # the polytope is integral (totally unimodular constraints), so a simplex vertex is; check anyway
-    if not (np.array_equal(np.bincount(a, values, n_a), r) and np.array_equal(np.bincount(o, values, len(c)), c)
-            and (values >= lower).all() and (values <= upper).all()):
-        return None
-    return values
 
 
 def _vertex(cells, keys, r, c, cap, n_objects: int) -> dict | None:

@@ -63,7 +63,8 @@ def _tv(p: dict, q: dict) -> float:
 
 def select_main(argv=None) -> int:
     """`aotrain filter select`: returns the exit code."""
-    from data_filters.select import InfeasibleTarget, select_many, write_subset, write_subsets
+    from data_filters.select import InfeasibleTarget, select_many
+    from data_filters.subset_files import write_subset, write_subsets
 
     args = _select_parser().parse_args(argv)
     try:

@@ -12,14 +12,15 @@ import pytest
 
 from data_filters.counts import count_captions, count_files
 from data_filters.diversity import DistinctCounter, TemplateMasker, caption_key, pair_diversity
-from data_filters.kept_pairs import pair_order, transport_on_cells
+from data_filters.kept_pairs import pair_order
 from data_filters.label import label_captions, load_caption_keys, load_labels
 from data_filters.nmi import joint_stats
 from data_filters.parse import CaptionParser
-from data_filters.select import (InfeasibleTarget, feasible_nmi_range, feasible_pairs_range, largest_remainder,
-                                 pair_counts, select_subset, write_subset)
+from data_filters.select import InfeasibleTarget, feasible_nmi_range, feasible_pairs_range, pair_counts, select_subset
 from data_filters.select_cli import select_main
 from data_filters.stats_cli import main as stats_main
+from data_filters.subset_files import write_subset
+from data_filters.transport import largest_remainder, transport_on_cells
 from data_filters.vocab import Vocabulary
 
 

@@ -15,8 +15,8 @@ import yaml
 from aotrain.config import RECIPES_DIR
 from aotrain.toyworld import generate_world, load_world
 from data_filters.nmi import joint_stats
-from data_filters.select import (InfeasibleTarget, feasible_nmi_range, pair_counts, select_many, select_subset,
-                                 write_subset, write_subsets)
+from data_filters.select import InfeasibleTarget, feasible_nmi_range, pair_counts, select_many, select_subset
+from data_filters.subset_files import write_subset, write_subsets
 from data_filters.select_cli import select_main
 
 SYNTH_TARGETS = [0.1, 0.2, 0.3, 0.45, 0.6, 0.75]
