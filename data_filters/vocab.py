@@ -45,6 +45,26 @@ def phrase(text: str) -> str:
     return " ".join(_WORD.findall(text.lower()))
 
 
+_SEPARATORS = re.compile(r"[\s_]+")  # between the words of a benchmark folder name
+
+
+def split_pair_name(name: str, vocab: "Vocabulary | None" = None) -> tuple[str, str] | None:
+    """The (attribute, object) a benchmark folder such as "red sea_lions" names, or None: the one
+    parser of folder names (evaluation, contamination, benchmark vocabularies, seen-pair marking).
+
+        split_pair_name("red sea_lions")            # ('red', 'sea lions'): the first word, then the rest
+        split_pair_name("red sea_lions", builtin)   # ('red', 'sea lion'): canonical names (Vocabulary.split_pair)
+
+    With a vocabulary the shortest attribute whose rest is an object wins, so multi-word names,
+    plurals and synonyms resolve as they do in captions; None when no cut resolves. Without one,
+    words are separated by spaces and underscores and lowercased (CLIP's tokenizer lowercases too).
+    """
+    if vocab is not None:
+        return vocab.split_pair(name)
+    words = [w for w in _SEPARATORS.split(name.strip().lower()) if w]
+    return (words[0], " ".join(words[1:])) if len(words) >= 2 else None
+
+
 def plural(noun: str, irregular: dict | None = None) -> str:
     """English plural of a (possibly multi-word) noun; only the last word changes."""
     head, _, last = noun.rpartition(" ")
@@ -106,11 +126,14 @@ class Vocabulary:
             obj_forms.setdefault(key, name)
         return cls(list(attributes), list(objects), dict(kinds), attr_forms, obj_forms, source)
 
-    def split_pair(self, name: str) -> tuple[str, str] | None:
-        """Canonical (attribute, object) named by a benchmark folder such as "red_sea_lions", or None.
+    def split_pair(self, name: str, new_objects: bool = False) -> tuple[str, str] | None:
+        """Canonical (attribute, object) named by "red_sea_lions" or "red sea lion", or None: the
+        vocabulary's half of `split_pair_name`, the one parser of benchmark folder names.
 
         Words are split on anything but letters and digits; every cut point is tried and the first
-        (shortest attribute) whose two sides are surface forms of this vocabulary wins.
+        (shortest attribute) whose two sides are surface forms of this vocabulary wins. With
+        `new_objects`, a name no cut resolves still splits after its longest leading attribute form,
+        the rest being an object this vocabulary does not know (its words lowercased).
         """
         words = phrase(name).split(" ")
         for cut in range(1, len(words)):
@@ -118,6 +141,11 @@ class Vocabulary:
             obj = self.object_forms.get(" ".join(words[cut:]))
             if attr is not None and obj is not None:
                 return attr, obj
+        if new_objects:
+            for cut in range(len(words) - 1, 0, -1):
+                attr = self.attribute_forms.get(" ".join(words[:cut]))
+                if attr is not None:
+                    return attr, " ".join(words[cut:])
         return None
 
     # ------------------------------------------------------------ constructors
@@ -153,8 +181,10 @@ class Vocabulary:
     def from_benchmark(cls, folder, known: "Vocabulary | None" = None) -> "Vocabulary":
         """From ImageNet-AO class folders "<attribute> <object>" anywhere under `folder`.
 
-        Class folders are the directories that hold files but no sub-directories. The attribute is
-        the first word, or the longest leading phrase that `known` lists as an attribute.
+        Class folders are the directories that hold files but no sub-directories, each split by
+        `split_pair_name`: with `known`, in its canonical names where it resolves the folder (an
+        object it lacks is kept as written after its longest attribute form); otherwise, and
+        without `known`, the first word is the attribute and the rest the object.
         """
         root = Path(folder)
         if not root.is_dir():
@@ -165,20 +195,14 @@ class Vocabulary:
         for dirpath, dirnames, filenames in sorted(os.walk(root)):
             if dirnames or not filenames or Path(dirpath) == root:
                 continue
-            words = Path(dirpath).name.replace("_", " ").split()
-            if len(words) < 2:
+            name = Path(dirpath).name
+            pair = (known.split_pair(name, new_objects=True) if known else None) or split_pair_name(name)
+            if pair is None:
                 continue
-            cut = 1
-            if known is not None:
-                for n in range(len(words) - 1, 0, -1):
-                    if phrase(" ".join(words[:n])) in known.attribute_forms:
-                        cut = n
-                        break
-            attr, obj = " ".join(words[:cut]).lower(), " ".join(words[cut:]).lower()
+            attr, obj = pair[0].lower(), pair[1].lower()
             attributes.setdefault(attr, [])
             objects.setdefault(obj, [])
-            known_attr = known.attribute_forms.get(phrase(attr)) if known else None
-            kinds[attr] = known.attribute_kinds.get(known_attr, "unknown") if known_attr else "unknown"
+            kinds[attr] = known.attribute_kinds.get(attr, "unknown") if known else "unknown"
         if not objects:
             raise ValueError(f"no '<attribute> <object>' class folders found under {root}")
         return cls.build(attributes, objects, kinds, source=f"benchmark:{root}")

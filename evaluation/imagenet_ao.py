@@ -34,7 +34,6 @@ folders left with no usable image count as ``empty_folders``.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping
 
@@ -42,12 +41,12 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
 
+from data_filters.vocab import split_pair_name
+
 if TYPE_CHECKING:
     from data_filters.vocab import Vocabulary
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
-_SEP = re.compile(r"[\s_]+")
 
 
 class UnreadableImageError(RuntimeError):
@@ -55,17 +54,13 @@ class UnreadableImageError(RuntimeError):
 
 
 def parse_pair_name(name: str, vocab: "Vocabulary | None" = None) -> tuple[str, str] | None:
-    """Split a folder name into (attribute, object); None if it does not resolve.
+    """Split a folder name into (attribute, object); None if it does not resolve
+    (data_filters.vocab.split_pair_name, the one parser of folder names).
 
     >>> parse_pair_name("red sea_lion")
     ('red', 'sea lion')
     """
-    if vocab is not None:
-        return vocab.split_pair(name)
-    words = [w for w in _SEP.split(name.strip()) if w]
-    if len(words) < 2:
-        return None
-    return words[0], " ".join(words[1:])
+    return split_pair_name(name, vocab)
 
 
 def _is_readable(path: Path) -> bool:

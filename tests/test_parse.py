@@ -14,7 +14,7 @@ import pytest
 from data_filters.counts import count_captions
 from data_filters.parse import CaptionParser
 from data_filters.sources import iter_captions
-from data_filters.vocab import Vocabulary, load_vocabulary, plural
+from data_filters.vocab import Vocabulary, load_vocabulary, plural, split_pair_name
 
 VOCAB_YAML = """
 attributes:
@@ -131,6 +131,42 @@ def test_benchmark_vocabulary(tmp_path):
     known = Vocabulary.build({"light blue": []}, {}, {"light blue": "colour"})
     v = Vocabulary.from_benchmark(tmp_path, known=known)
     assert "light blue" in v.attributes and "fox" in v.objects and v.attribute_kinds["light blue"] == "colour"
+
+
+# Benchmark folder names as ImageNet-AO copies spell them: underscores or spaces, plurals, capitals,
+# multi-word attributes ("polka dot") and objects ("great white shark"), and two names of one pair.
+BENCHMARK_NAMES = ["red sea_lions", "red_sea lion", "polka_dot tree frogs", "furry_great_white_sharks",
+                   "wooden house finch", "Striped Tiger_Sharks", "polka dot dresses", "metallic_hammerhead_shark",
+                   "fluffy_electric rays"]
+BUILTIN_PAIRS = {("red", "sea lion"), ("polka dot", "tree frog"), ("furry", "great white shark"),
+                 ("wooden", "house finch"), ("striped", "tiger shark"), ("polka dot", "dress"),
+                 ("metallic", "hammerhead shark"), ("fluffy", "electric ray")}
+
+
+def test_every_reader_of_benchmark_folders_splits_their_names_alike(tmp_path):
+    """Evaluation, contamination, benchmark vocabularies and seen-pair marking all read folder names
+    through data_filters.vocab.split_pair_name, with a vocabulary and without one."""
+    from PIL import Image
+
+    from data_filters.contamination import benchmark_pairs
+    from evaluation.imagenet_ao import AOFolder
+
+    for name in BENCHMARK_NAMES:
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (4, 4)).save(tmp_path / name / "0.png")
+    builtin = Vocabulary.builtin()
+    assert {split_pair_name(n, builtin) for n in BENCHMARK_NAMES} == BUILTIN_PAIRS
+    assert set(AOFolder(tmp_path, vocab=builtin).pairs) == BUILTIN_PAIRS              # aotrain eval
+    assert benchmark_pairs(tmp_path, CaptionParser(builtin)) == BUILTIN_PAIRS          # filter contamination
+    known = Vocabulary.from_benchmark(tmp_path, known=builtin)                         # vocabulary=benchmark:DIR
+    assert set(known.attributes) == {a for a, _ in BUILTIN_PAIRS} and set(known.objects) == {o for _, o in BUILTIN_PAIRS}
+    assert {known.split_pair(f"{a} {o}") for a, o in BUILTIN_PAIRS} == BUILTIN_PAIRS   # eval seen_from= marking
+
+    plain = {split_pair_name(n) for n in BENCHMARK_NAMES}  # no vocabulary: the first word, then the rest
+    assert ("polka", "dot tree frogs") in plain and ("red", "sea lions") in plain and ("red", "sea lion") in plain
+    assert set(AOFolder(tmp_path).pairs) == plain
+    bare = Vocabulary.from_benchmark(tmp_path)
+    assert set(bare.attributes) == {a for a, _ in plain} and set(bare.objects) == {o for _, o in plain}
 
 
 def test_toy_world_captions(tmp_path):
