@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 from pathlib import Path
 
 import torch
 
+from data_filters.command import run_command
 from data_filters.files import atomic_path, check_writable
 
 FSDP_META = "meta.pt"          # lightning.fabric.utilities.load._METADATA_FILENAME
@@ -191,16 +191,12 @@ def export_main(argv: list[str]) -> int:
     parser.add_argument("dst", metavar="DST", nargs="?",
                         help="file to write (default: SRC with .ckpt -> -consolidated.ckpt, or <folder>.ckpt)")
     parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # argparse printed usage and the error (or the help)
-        return int(e.code) if isinstance(e.code, int) else 2
-    try:
-        kind = detect_format(args.src)
-        dst = export_checkpoint(args.src, args.dst, overwrite=args.overwrite)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"aotrain export: error: {e}", file=sys.stderr)
-        return 2
+    return run_command(parser, _export, argv)
+
+
+def _export(args) -> int:
+    kind = detect_format(args.src)
+    dst = export_checkpoint(args.src, args.dst, overwrite=args.overwrite)
     what = "copied" if kind == "file" else f"consolidated the {'DeepSpeed' if kind == 'deepspeed' else 'FSDP'} checkpoint"
     print(f"aotrain export: {what} {args.src} -> {dst}")
     return 0

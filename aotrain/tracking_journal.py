@@ -35,6 +35,8 @@ from pathlib import Path
 
 from aotrain.tracking import short_http_env, short_reason
 
+from data_filters.command import run_command
+
 JOURNAL = "mlflow_journal.jsonl"
 
 # MLflow's log_batch limits: 1000 metrics, 100 params per request.
@@ -251,24 +253,23 @@ def sync(run_dir: Path, to: str | None = None) -> dict:
 
 def sync_main(argv: list[str]) -> int:
     """`aotrain sync RUN_DIR [--to URI]`: exit 0 when the store holds the whole journal."""
-    from aotrain.config import UserError
-
     parser = argparse.ArgumentParser(
         prog="aotrain sync",
         description="Send what a run's MLflow journal (<run_dir>/mlflow_journal.jsonl) holds and its store does "
                     "not: after a tracking outage outlasted the run. Running it again sends nothing twice.")
     parser.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (or its mlflow_journal.jsonl)")
     parser.add_argument("--to", metavar="URI", help="copy the run into another store (a new run there, once)")
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # argparse printed usage and the error (or the help)
-        return int(e.code) if isinstance(e.code, int) else 2
+    return run_command(parser, _sync, argv)
+
+
+def _sync(args) -> int:
+    from aotrain.config import UserError
+
     use_short_http(30)  # a store that stops answering fails this command in seconds; run it again later
     try:
         result = sync(Path(args.run_dir), args.to)
-    except UserError as e:
-        print(f"aotrain sync: error: {e}", file=sys.stderr)
-        return 2
+    except UserError as e:  # the one-line contract of data_filters/command.py
+        raise ValueError(str(e)) from None
     where = f"{result['tracking_uri']} run {result['run_id']}" + (" (created)" if result["created"] else "")
     if result["records"]:
         print(f"aotrain sync: sent {result['rows']} rows ({result['records']} journal records) to {where}")

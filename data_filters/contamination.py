@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_path, check_output, write_text_atomic
+from .command import run_command
 from .counts import count_captions
+from .files import atomic_path, check_output, write_text_atomic
 from .parse import CaptionParser
 from .pools import open_pool, say
 from .sources import add_caption_arguments, iter_captions
@@ -116,21 +117,16 @@ def contamination_main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", default=None, metavar="FILE.json", help="write the per-pair counts here")
     p.add_argument("--keep-uids", default=None, metavar="FILE.npy", help="write the sorted uids of clean captions")
     p.add_argument("--overwrite", action="store_true", help="replace existing --report / --keep-uids files")
-    try:
-        args = p.parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    try:
-        for out in (args.report, args.keep_uids):
-            if out:
-                check_output(Path(out), args.overwrite, kind="file")
-        pool = open_pool(args.sources, args.uid_column)
-        say(pool)
-        hits, clean, totals = scan(pool, args.benchmark, args.vocab, args.window, args.uid_column,
-                                   args.caption_column)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
+    return run_command(p, _contamination, argv)
+
+
+def _contamination(args) -> int:
+    for out in (args.report, args.keep_uids):
+        if out:
+            check_output(Path(out), args.overwrite, kind="file")
+    pool = open_pool(args.sources, args.uid_column)
+    say(pool)
+    hits, clean, totals = scan(pool, args.benchmark, args.vocab, args.window, args.uid_column, args.caption_column)
     print(f"captions {totals['captions']:,}; contaminated {totals['contaminated']:,}; "
           f"benchmark pairs found {totals['benchmark_pairs_found']} of {totals['benchmark_pairs']}")
     for (attribute, obj), count in sorted(hits.items(), key=lambda kv: (-kv[1], kv[0])):

@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .command import run_command
 from .diversity import TemplateMasker, caption_key
 from .files import atomic_path, check_output
 from .parse import CaptionParser
@@ -140,19 +141,14 @@ def label_main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, metavar="FILE.parquet", help="labels file to write (must not exist "
                    "unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    try:
-        args = p.parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    try:
-        check_output(Path(args.out), args.overwrite, kind="file")
-        pool = open_pool(args.sources, args.uid_column)
-        say(pool)
-        done = label_captions(pool, args.vocab, Path(args.out), args.window, args.uid_column,
-                              args.caption_column)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
+    return run_command(p, _label, argv)
+
+
+def _label(args) -> int:
+    check_output(Path(args.out), args.overwrite, kind="file")
+    pool = open_pool(args.sources, args.uid_column)
+    say(pool)
+    done = label_captions(pool, args.vocab, Path(args.out), args.window, args.uid_column, args.caption_column)
     print(f"captions {done['captions']:,}  labelled {done['labelled']:,} "
           f"({done['labelled'] / done['captions']:.1%})  malformed {done['malformed']:,}"
           + (f"  failed downloads {done['not_downloaded']:,}" if done["not_downloaded"] else "") + f"  -> {done['out']}")

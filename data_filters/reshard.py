@@ -3,7 +3,7 @@
     from data_filters.reshard import reshard
     reshard(sorted(glob.glob("pool/*.tar")), np.load("subset/subset.npy"), "subset_shards")
 
-Command line: `python -m data_filters.select_cli reshard subset/subset.npy --shards pool --out subset_shards`.
+Command line: `aotrain filter reshard subset/subset.npy --shards pool --out subset_shards`.
 
 Input: uncompressed tar shards in img2dataset layout ({key}.png|jpg, {key}.txt, {key}.json); a
 sample's uid is the json's `uid_field` or, with uid_field="__key__", its key. Output:

@@ -11,7 +11,7 @@ the table between them, steps 1-5 and a-c) -> maxent.py (the low end), transport
 rounding, LPs and the high end), kept_pairs.py (which K pairs) -> subset_files.py (step 6: rows,
 manifest, files).
 
-Command line: `python -m data_filters.select_cli select LABELS.parquet --size 2000 --nmi 0.05 0.2 --out DIR`.
+Command line: `aotrain filter select LABELS.parquet --size 2000 --nmi 0.05 0.2 --out DIR`.
 
 Algorithm (all on the attribute x object count table; uids are chosen only at the end):
 1. Target marginals r[A], c[O]: the pool's own marginals (or given weights) scaled to `size`,

@@ -1,8 +1,8 @@
-"""Command-line front ends for subset selection and resharding (wired as `aotrain filter select|reshard`).
+"""Command-line front ends for subset selection and resharding (`aotrain filter select|reshard`).
 
-    python -m data_filters.select_cli select labels.parquet --size 2000 --nmi 0.05 0.2 --out subsets
-    python -m data_filters.select_cli select labels.parquet --size 2000 --pairs 40 [--nmi 0.5] --out subset-40
-    python -m data_filters.select_cli reshard subsets/nmi-0.05/subset.npy --shards pool --out shards-0.05
+    aotrain filter select labels.parquet --size 2000 --nmi 0.05 0.2 --out subsets
+    aotrain filter select labels.parquet --size 2000 --pairs 40 [--nmi 0.5] --out subset-40
+    aotrain filter reshard subsets/nmi-0.05/subset.npy --shards pool --out shards-0.05
 
 Bad inputs print one line to stderr and return 2, with nothing written.
 """
@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
 
+from data_filters.command import run_command
 from data_filters.dedupe import dropped_line, load_selection_pool
 from data_filters.files import check_output
 from data_filters.nmi import NORMALISERS
@@ -63,10 +62,13 @@ def _tv(p: dict, q: dict) -> float:
 
 def select_main(argv=None) -> int:
     """`aotrain filter select`: returns the exit code."""
+    return run_command(_select_parser(), _select, argv)
+
+
+def _select(args) -> int:
     from data_filters.select import InfeasibleTarget, select_many
     from data_filters.subset_files import write_subset, write_subsets
 
-    args = _select_parser().parse_args(argv)
     try:
         if args.size < 1:
             raise ValueError(f"--size must be positive, got {args.size}")
@@ -86,10 +88,10 @@ def select_main(argv=None) -> int:
             write_subset(subs[0], args.out, source=os.path.abspath(args.labels), overwrite=replace)
         else:
             write_subsets(subs, args.out, source=os.path.abspath(args.labels), overwrite=replace)
-    except (ValueError, OSError) as e:  # InfeasibleTarget is a ValueError
-        hint = "; --allow-repeats upsamples" if isinstance(e, InfeasibleTarget) and e.largest_size else ""
-        print(f"aotrain filter select: error: {e}{hint}", file=sys.stderr)
-        return 2
+    except InfeasibleTarget as e:
+        if e.largest_size:  # the size alone is too large: name this command's way to upsample
+            raise ValueError(f"{e}; --allow-repeats upsamples") from None
+        raise
     print(_region(subs[0].manifest, args))
     first = subs[0].manifest
     for sub in subs:
@@ -141,38 +143,25 @@ def _pool_shards(spec: str, uid_field: str | None):
 
 def reshard_main(argv=None) -> int:
     """`aotrain filter reshard`: returns the exit code."""
+    return run_command(_reshard_parser(), _reshard, argv)
+
+
+def _reshard(args) -> int:
     from data_filters.reshard import reshard
 
-    args = _reshard_parser().parse_args(argv)
+    check_output(Path(args.out), args.overwrite)
+    replace = Path(args.out).exists()  # allowed by check_output: --overwrite, or an empty folder
+    if not Path(args.subset).is_file():
+        raise ValueError(f"subset file not found: {args.subset}")
     try:
-        check_output(Path(args.out), args.overwrite)
-        replace = Path(args.out).exists()  # allowed by check_output: --overwrite, or an empty folder
-        if not Path(args.subset).is_file():
-            raise ValueError(f"subset file not found: {args.subset}")
-        try:
-            uids = np.load(args.subset, allow_pickle=False)
-        except Exception as e:
-            raise ValueError(f"cannot read {args.subset} as a .npy uid array: {e}") from None
-        shards, uid_field = _pool_shards(args.shards, args.uid_field)
-        info = reshard(shards, uids, args.out, args.samples_per_shard, uid_field, overwrite=replace)
-    except (ValueError, OSError, tarfile.TarError) as e:  # a corrupt shard is a bad input too
-        print(f"aotrain filter reshard: error: {e}", file=sys.stderr)
-        return 2
+        uids = np.load(args.subset, allow_pickle=False)
+    except Exception as e:
+        raise ValueError(f"cannot read {args.subset} as a .npy uid array: {e}") from None
+    shards, uid_field = _pool_shards(args.shards, args.uid_field)  # a corrupt shard: a TarError, a user error
+    info = reshard(shards, uids, args.out, args.samples_per_shard, uid_field, overwrite=replace)
     print(f"wrote {info['n_samples']} samples ({info['n_unique']} unique) in {len(info['shards'])} shards to "
           f"{args.out} (uid = {'sample key' if uid_field == '__key__' else 'json ' + repr(uid_field)}; "
           "key_map.parquet maps each new key to its source shard and key)")
     return 0
 
 
-def main(argv=None) -> int:
-    """`python -m data_filters.select_cli {select,reshard} ...`."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    commands = {"select": select_main, "reshard": reshard_main}
-    if not argv or argv[0] not in commands:
-        print("usage: python -m data_filters.select_cli {select,reshard} ... (--help for each)", file=sys.stderr)
-        return 2
-    return commands[argv[0]](argv[1:])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -23,6 +23,7 @@ import json
 import sys
 from pathlib import Path
 
+from .command import run_command
 from .counts import count_files
 from .files import check_output, write_text_atomic
 from .nmi import NORMALISERS
@@ -118,22 +119,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry; argv may start with "stats" (as passed on by `aotrain filter`). Returns the exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["stats"]:
-        argv = argv[1:]
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:  # argparse already printed usage / help
-        return int(e.code or 0)
+    """`aotrain filter stats ...`; returns the exit code (data_filters/command.py's contract)."""
+    return run_command(build_parser(), _checked_run, argv)
+
+
+def _checked_run(args) -> int:
     if args.workers < 1 or args.window < 0:
-        print(f"{PROG}: error: --workers must be >= 1 and --window >= 0", file=sys.stderr)
-        return 2
-    try:
-        return run(args)
-    except (FileNotFoundError, ValueError, ImportError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
+        raise ValueError("--workers must be >= 1 and --window >= 0")
+    return run(args)
 
 
 if __name__ == "__main__":

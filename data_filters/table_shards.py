@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from data_filters.command import run_command
 from data_filters.files import add_tar_member, check_output, publish_dir, temp_dir_for
 from data_filters.pools import file_format
 from data_filters.sources import CaptionStream, expand_paths
@@ -334,17 +335,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def table_shards_main(argv=None) -> int:
     """`aotrain filter table-shards TABLE OUT_DIR [...]`: returns the exit code."""
-    args = _parser().parse_args(argv)
-    try:
-        check_output(Path(args.out_dir), args.overwrite)  # the filter commands' one rule, before any work
-        uids = None if args.subset is None else load_uids(args.subset)
-        info = table_to_shards(args.table, args.out_dir, image_column=args.image_column,
-                               caption_column=args.caption_column, uid_column=args.uid_column,
-                               image_root=args.image_root, uids=uids, samples_per_shard=args.samples_per_shard,
-                               overwrite=args.overwrite)
-    except (ValueError, OSError, tarfile.TarError) as e:  # FileExistsError / FileNotFoundError are OSErrors
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
+    return run_command(_parser(), _table_shards, argv)
+
+
+def _table_shards(args) -> int:
+    check_output(Path(args.out_dir), args.overwrite)  # the filter commands' one rule, before any work
+    uids = None if args.subset is None else load_uids(args.subset)
+    info = table_to_shards(args.table, args.out_dir, image_column=args.image_column,
+                           caption_column=args.caption_column, uid_column=args.uid_column,
+                           image_root=args.image_root, uids=uids, samples_per_shard=args.samples_per_shard,
+                           overwrite=args.overwrite)
     print(f"wrote {info['written']} samples in {info['shards']} shards to {args.out_dir} ({_summary_tail(info)})")
     return 0
 

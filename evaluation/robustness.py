@@ -38,6 +38,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from data_filters.command import run_command
 from data_filters.files import atomic_path, write_text_atomic
 
 from .metrics import as_numpy
@@ -203,25 +204,17 @@ def load_points(paths: Iterable[str | os.PathLike], id_key: str, ood_key: str
 
 def robustness_main(argv: Sequence[str] | None = None) -> int:
     """``aotrain robustness`` command line; returns the exit status (2 on user mistakes)."""
-    parser = _build_parser()
-    try:
-        args = parser.parse_args(argv)
-        names, ids, oods = load_points(args.metrics, args.id, args.ood)
-        fit = fit_effective_robustness(ids, oods, names=names, baseline=args.baseline, scale=args.scale,
-                                       id_name=args.id, ood_name=args.ood)
-        print(format_table(fit))
-        if args.out is not None:
-            for path in write_outputs(fit, Path(args.out)):
-                print(f"wrote {path}")
-    except _UsageError as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
-        # User mistakes: one line, no traceback.
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 2
-    except SystemExit as e:  # --help
-        return e.code if isinstance(e.code, int) else 0
+    return run_command(_build_parser(), _robustness, argv)
+
+
+def _robustness(args) -> int:
+    names, ids, oods = load_points(args.metrics, args.id, args.ood)
+    fit = fit_effective_robustness(ids, oods, names=names, baseline=args.baseline, scale=args.scale,
+                                   id_name=args.id, ood_name=args.ood)
+    print(format_table(fit))
+    if args.out is not None:
+        for path in write_outputs(fit, Path(args.out)):
+            print(f"wrote {path}")
     return 0
 
 
@@ -354,17 +347,8 @@ def _metric(metrics: dict, key: str, file: Path) -> float:
 # --- CLI helpers -------------------------------------------------------------------------------
 
 
-class _UsageError(Exception):
-    """Argument-parsing mistake, reported as one stderr line instead of argparse's usage + exit."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # noqa: D102 - argparse hook
-        raise _UsageError(message)
-
-
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = argparse.ArgumentParser(
         prog="aotrain robustness",
         description="Fit OOD vs ID accuracy across runs and report each run's effective robustness.",
     )

@@ -82,7 +82,7 @@ CASES = [
     ("export-truncated-ckpt", "export {in}/trunc.ckpt {new}/out.ckpt", "the file is cut short"),
     ("export-dst-under-file", "export {in}/trunc.ckpt {in}/afile/out.ckpt", "cannot write"),
     # aotrain report and aotrain robustness
-    ("report-unknown-key", "report sweeps=tiny", "unexpected argument 'sweeps=tiny'"),
+    ("report-unknown-key", "report sweeps=tiny", "unknown config key 'sweeps'"),
     ("robustness-not-json", "robustness {in}/afile", "afile"),
     # aotrain filter: one rule for existing outputs, writable outputs, readable inputs
     ("stats-out-exists", "filter stats {in}/captions.csv --vocab {in}/vocab.yaml --out {in}/existing",

@@ -146,7 +146,7 @@ def test_count_files_parallel(tmp_path, vocab_file):
 def test_cli_writes_outputs(tmp_path, vocab_file, capsys):
     paths = write_sources(tmp_path)
     out = tmp_path / "out"
-    rc = main(["stats", str(paths["parquet"]), str(paths["tar"]), "--vocab", str(vocab_file),
+    rc = main([str(paths["parquet"]), str(paths["tar"]), "--vocab", str(vocab_file),
                "--caption-column", "text", "--uid-column", "key", "--out", str(out)])
     assert rc == 0
     text = capsys.readouterr().out

@@ -350,7 +350,7 @@ def test_filter_stats_prints_the_measures(tmp_path, capsys):
     captions = ["a red fox", "a red fox", "the blue ball", "a red ball", "a blue fox and a red ball"]
     pq.write_table(pa.table({"caption": captions}), tmp_path / "c.parquet")
     out = tmp_path / "stats"
-    assert stats_main(["stats", str(tmp_path / "c.parquet"), "--vocab", str(vocab), "--out", str(out)]) == 0
+    assert stats_main([str(tmp_path / "c.parquet"), "--vocab", str(vocab), "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "pair diversity      3 of 4 grid cells (75.0%); effective pairs" in text
     assert "objects/attribute" in text and "distinct captions 3  templates 2" in text

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from aotrain.config import UserError
+from aotrain.config import UserError, compose
 
 REPORT_ARTIFACTS = "report"
 
@@ -103,18 +103,12 @@ def report_main(args: list[str]) -> int:
     if not args or "-h" in args or "--help" in args:
         print(REPORT_HELP)
         return 0
-    options = {"sweep": None, "out": None, "paths.root": os.environ.get("AOTRAIN_OUTPUT", "outputs"),
-               "tracking_uri": None}
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in options:
-            raise UserError(f"unexpected argument {arg!r}; keys: {', '.join(options)} (aotrain report --help)")
-        options[key] = value
-    if not options["sweep"]:
+    cfg = compose(args, config_name="report")  # recipes/report.yaml: the same key errors as fit, eval, sweep
+    if not cfg.sweep:
         raise UserError("give sweep=NAME (a folder under <paths.root>/sweeps) or sweep=PARENT_RUN_ID")
-    root = Path(options["paths.root"]).expanduser().resolve()
-    uri = options["tracking_uri"] or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root}/mlflow.db"
-    uri, parent, sweep_dir = find_sweep(options["sweep"], root, uri)
-    report = report_sweep(uri, parent, Path(options["out"] or sweep_dir / "report"))
+    root = Path(cfg.paths.root)
+    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root}/mlflow.db"
+    uri, parent, sweep_dir = find_sweep(str(cfg.sweep), root, uri)
+    report = report_sweep(uri, parent, Path(cfg.out or sweep_dir / "report"))
     print(f"report {report}", file=sys.stdout)
     return 0
