@@ -54,14 +54,11 @@ FILTER_COMMANDS = {
                      "webdataset shards from a caption table with image paths (HF datasets, parquet, CSV)"),
 }
 
-# What `aotrain fit` runs when no recipe is named: the embedded default.
-DEFAULT_RECIPE = "toy_low_nmi"
-
 MAIN_OPTIONS = [
-    ("recipe=NAME", f"what to run (see the list above; default {DEFAULT_RECIPE}, recipe=null for none)"),
+    ("recipe=NAME", "what to run (see the list above; recipe=null for none)"),
     ("seed=INT", "seed for data order, initialisation and the toy world's sampling"),
     ("resume=auto|RUN_DIR|CKPT", "continue an interrupted run (weights, optimizer, step, data position, MLflow run)"),
-    ("trainer=ddp|fsdp|deepspeed_stage_2|deepspeed_stage_3", "multi-GPU engines (+ _offload variants); slurm/ for clusters"),
+    ("trainer=ddp|fsdp2|deepspeed_stage_N", "several processes (GPUs, or CPUs for ddp/fsdp2); + fsdp, _offload variants"),
     ("trainer.max_steps=INT", "optimizer steps"),
     ("trainer.devices=INT", "processes (CPU) or GPUs on this node"),
     ("data.batch_size=INT", "batch size per process"),
@@ -81,14 +78,15 @@ MAIN_OPTIONS = [
 
 
 def recipes_and_options() -> list[str]:
-    from aotrain.config import describe, group_options, groups
+    from aotrain.config import default_choice, describe, group_options, groups
 
-    lines = ["recipes:"]
+    lines = ["recipes (recipe=NAME; * the default, set in recipes/config.yaml):"]
     names = group_options("recipe")
     width = max(22, *(len(r) + 2 for r in names))  # a long name must not run into its description
-    lines += [f"  {r:<{width}}{describe('recipe', r)}" for r in names]
+    lines += [f"{'*' if r == default_choice('recipe') else ' '} {r:<{width}}{describe('recipe', r)}" for r in names]
     lines += ["", "config groups (GROUP=CHOICE):"]
-    lines += [f"  {g:<22}{', '.join(group_options(g))}" for g in groups() if g not in ("recipe", "sweeps")]
+    lines += [f"  {g:<22}{', '.join(group_options(g))}" for g in groups()
+              if g not in ("recipe", "sweeps", "recipe_base", "paths")]
     lines += ["", "main options:"]
     lines += [f"  {k:<34}{v}" for k, v in MAIN_OPTIONS]
     lines += ["", "Any key of the composed config can be set as KEY=VALUE (see --print-config)."]
@@ -179,9 +177,7 @@ def run(command: str, args: list[str]) -> int:
     unknown = [a for a in overrides if a.startswith("-")]
     if unknown:
         raise_user(f"unknown option {unknown[0]}; see `aotrain {command} --help`")
-    if not any(o.lstrip("~+").startswith("recipe") for o in overrides):
-        overrides = [f"recipe={DEFAULT_RECIPE}", *overrides]
-    cfg = compose(overrides)
+    cfg = compose(overrides)  # recipes/config.yaml names the default recipe
     if print_config:
         print(OmegaConf.to_yaml(cfg))
         return 0

@@ -28,8 +28,8 @@ if not OmegaConf.has_resolver("abspath"):
 
 def group_options(group: str) -> list[str]:
     """The choices of a config group, e.g. group_options("recipe") -> ["toy_high_nmi", "toy_low_nmi"]
-    (files starting with "_" are pieces other choices include, not choices)."""
-    return sorted(p.stem for p in (RECIPES_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
+    (what several recipes share lives in its own group, recipe_base/, so it is never a recipe)."""
+    return sorted(p.stem for p in (RECIPES_DIR / group).glob("*.yaml"))
 
 
 def groups() -> list[str]:
@@ -44,11 +44,20 @@ def describe(group: str, option: str) -> str:
     return ""
 
 
+def default_choice(group: str) -> str | None:
+    """The choice recipes/config.yaml's defaults list makes for `group` (None: none)."""
+    return _config_defaults().get(group)
+
+
+def _config_defaults() -> dict:
+    defaults = yaml.safe_load((RECIPES_DIR / "config.yaml").read_text()).get("defaults", [])
+    return {k: v for d in defaults if isinstance(d, dict) for k, v in d.items()}
+
+
 def _null_groups(overrides) -> list[str]:
     """`GROUP=null` -> drop the group (`~GROUP`), or nothing for a group whose default is already null;
     Hydra itself only accepts the `~` form."""
-    defaults = yaml.safe_load((RECIPES_DIR / "config.yaml").read_text()).get("defaults", [])
-    null_by_default = {k for d in defaults if isinstance(d, dict) for k, v in d.items() if v is None}
+    null_by_default = {group for group, choice in _config_defaults().items() if choice is None}
     out = []
     for o in overrides:
         group, _, value = o.partition("=")
