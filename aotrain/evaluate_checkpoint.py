@@ -97,7 +97,7 @@ def _load_model(cfg):
 
 
 def _section(cfg, info) -> tuple[dict, str]:
-    """The eval section to load (aotrain/benchmarks.py keys) and a short name for the benchmark."""
+    """The eval section to load (aotrain/ao_benchmark.py keys) and a short name for the benchmark."""
     if cfg.benchmark is None:
         if info["run_dir"] is None:
             raise UserError(f"{info['source']} has no run folder to take a benchmark from: set benchmark=/path/to/folder")
@@ -189,7 +189,7 @@ def evaluate_checkpoint(cfg) -> dict:
     section, bench_name = _section(cfg, info)
     out = _out_dir(cfg, info, bench_name)
     _check_out(out)  # the default lies beside the checkpoint: known only now, still before the evaluation
-    from aotrain.benchmarks import Benchmark
+    from aotrain.ao_benchmark import Benchmark
     from aotrain.checkpoints import evaluation_model
 
     try:

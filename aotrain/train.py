@@ -19,14 +19,14 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import OmegaConf, open_dict
 
-from aotrain.benchmarks import Benchmark
+from aotrain.ao_benchmark import Benchmark
 from aotrain.callbacks.evaluation import BenchmarkEvaluation
 from aotrain.callbacks.fault import fault_callbacks
 from aotrain.callbacks.step_guard import Interrupted, StepGuard, install_signal_flags, stop_at_step_boundary
 from aotrain.checkpoints import load_checkpoint_file
 from aotrain.config import UserError, instantiate, resolve, to_dict
 from aotrain.parity import RECORD, differences, flat_params, load_record, parity_record
-from aotrain.subset import pool_shards, prepare_subset
+from aotrain.pool_stages import pool_shards, prepare_subset
 from aotrain.toyworld import generate_world, load_world
 from aotrain.resume import find_resume
 from aotrain.tracking import (check_store, close_logger, curated_params, is_rank_zero, log_artifacts, make_logger,
@@ -93,7 +93,7 @@ def _select(pool: Path, vocabulary: str, cache: Path, cfg) -> tuple[Path, dict]:
 
 
 def subset_manifest(shards: Path) -> Path:
-    """The manifest.json of the subset whose shards are `shards` (aotrain/subset.py's layout)."""
+    """The manifest.json of the subset whose shards are `shards` (aotrain/pool_stages.py's layout)."""
     return Path(shards).parent / "subset" / "manifest.json"
 
 

@@ -4,7 +4,7 @@
 
 Writes `--n` synthetic web-style captions (benchmarks/parse_throughput.py's generator, built-in
 vocabulary) as img2dataset metadata (one parquet of key/caption/status per 1M rows, 3% failed
-downloads) into a scratch folder, then times aotrain's own stage functions (aotrain/subset.py):
+downloads) into a scratch folder, then times aotrain's own stage functions (aotrain/pool_stages.py):
   stats   labelling every caption + pool NMI   vs  reading the captions alone (the I/O floor)
   select  a subset at each NMI target          vs  a uniform random sample of the same size
 The reshard stage reads image bytes, so its time depends on the disk; it is not timed here.
@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from aotrain.subset import label_stage, select_stage  # noqa: E402
+from aotrain.pool_stages import label_stage, select_stage  # noqa: E402
 from data_filters.label import load_labels  # noqa: E402
 from data_filters.sources import iter_captions  # noqa: E402
 from data_filters.vocab import Vocabulary  # noqa: E402

@@ -1,6 +1,6 @@
 """Ablation-sweep plots: accuracy against NMI and size (95% CIs over seeds), unseen against seen per run.
 
-``_write_plots`` writes acc_vs_nmi.png / acc_vs_size.png (when that axis has more than one value)
+``write_plots`` writes acc_vs_nmi.png / acc_vs_size.png (when that axis has more than one value)
 and robustness.png from the runs frame described in ``evaluation.sweep_stats``.  This file also
 holds the display labels (metric and axis names, axis values) that the Markdown report shares.
 
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from data_filters.files import atomic_path
-from evaluation.sweep_stats import SUPERVISION_AXIS, _groups, _missing, _present_axes, cell_table
+from evaluation.sweep_stats import SUPERVISION_AXIS, cell_groups, cell_table, is_missing, present_axes
 
 __all__ = ["metric_label"]
 
@@ -33,7 +33,7 @@ SUPERVISION_MARKERS = {"language": "o", "labels": "s"}
 # ----------------------------------------------------------------------------------------------
 
 
-def _has_values(runs: pd.DataFrame, column: str) -> bool:
+def has_values(runs: pd.DataFrame, column: str) -> bool:
     """True if ``column`` exists and holds at least one non-NaN value."""
     return column in runs.columns and bool(runs[column].notna().any())
 
@@ -46,7 +46,7 @@ def _supervisions(runs: pd.DataFrame) -> list:
     return sorted(runs[SUPERVISION_AXIS].dropna().unique().tolist(), key=lambda s: (order.get(s, 2), str(s)))
 
 
-def _unique(items) -> list:
+def unique_values(items) -> list:
     """``items`` without repeats, first occurrence kept."""
     return list(dict.fromkeys(items))
 
@@ -56,9 +56,9 @@ def _unique(items) -> list:
 # ----------------------------------------------------------------------------------------------
 
 
-def _fmt_value(value) -> str:
+def format_value(value) -> str:
     """An axis value for prose and tables: 12800 -> "12,800", 0.78 -> "0.78", NaN -> "n/a"."""
-    if _missing(value):
+    if is_missing(value):
         return "n/a"
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
         return str(value)
@@ -84,7 +84,7 @@ def metric_label(metric: str) -> str:
     return "-".join([*parts[:-1], name]) if len(parts) > 1 else name
 
 
-def _axis_label(axis: str) -> str:
+def axis_label(axis: str) -> str:
     """Display name of an axis ("nmi" -> "NMI")."""
     return AXIS_LABELS.get(axis, axis)
 
@@ -138,9 +138,9 @@ def _plot_metric_lines(runs: pd.DataFrame, out: Path, x: str, line_axis: str,
             _draw_lines(ax, sub, x, line_axis, metric)
             if log_x:
                 _log2_ticks(ax, runs[x])
-            ax.set_xlabel(_axis_label(x) + (" (log scale)" if log_x else ""))
+            ax.set_xlabel(axis_label(x) + (" (log scale)" if log_x else ""))
             ax.set_ylabel(metric_label(metric))
-            ax.set_title(SUPERVISION_LABELS.get(supervision, _fmt_value(supervision)) if supervision else "",
+            ax.set_title(SUPERVISION_LABELS.get(supervision, format_value(supervision)) if supervision else "",
                          fontsize=9)
             ax.grid(alpha=0.3)
     return _save_png(fig, out)
@@ -153,10 +153,10 @@ def _draw_lines(ax, runs: pd.DataFrame, x: str, line_axis: str, metric: str) -> 
     if not len(table):
         _no_data(ax)
         return
-    for line, sub in _groups(table, [line_axis] if line_axis in table.columns else []):
+    for line, sub in cell_groups(table, [line_axis] if line_axis in table.columns else []):
         sub = sub.sort_values(x)
         yerr = sub["ci"].fillna(0.0).to_numpy(dtype=np.float64)  # n = 1: a point without a bar
-        label = f"{_axis_label(line_axis)} {_fmt_value(line[line_axis])}" if line else "all runs"
+        label = f"{axis_label(line_axis)} {format_value(line[line_axis])}" if line else "all runs"
         ax.errorbar(sub[x].to_numpy(dtype=np.float64), sub["mean"].to_numpy(dtype=np.float64), yerr=yerr,
                     marker="o", capsize=3, label=label)
     ax.legend(fontsize=7, loc="best")
@@ -169,7 +169,7 @@ def _log2_ticks(ax, values: pd.Series) -> None:
     ticks = sorted(values.dropna().unique().tolist())
     ax.set_xscale("log", base=2)
     ax.set_xticks(ticks)
-    ax.set_xticklabels([_fmt_value(t) for t in ticks], fontsize=7)
+    ax.set_xticklabels([format_value(t) for t in ticks], fontsize=7)
     ax.xaxis.set_minor_locator(NullLocator())
 
 
@@ -199,7 +199,7 @@ def _plot_robustness(runs: pd.DataFrame, out: Path) -> Path:
 
 def _nmi_range(runs: pd.DataFrame) -> tuple[float, float] | None:
     """(min, max) NMI for a shared colour scale, or None when the sweep has no NMI values."""
-    if not _has_values(runs, "nmi"):
+    if not has_values(runs, "nmi"):
         return None
     lo, hi = float(runs["nmi"].min()), float(runs["nmi"].max())
     return (lo, hi if hi > lo else lo + 1e-9)
@@ -238,10 +238,10 @@ def _scatter_seen_unseen(ax, runs: pd.DataFrame, seen: str, unseen: str, color_r
 PLOT_LINES = {"nmi": ("size", "diversity"), "size": ("nmi", "diversity"), "diversity": ("size", "nmi")}
 
 
-def _write_plots(runs: pd.DataFrame, out_dir: Path, axes: Sequence[str], primary: str) -> dict[str, Path]:
+def write_plots(runs: pd.DataFrame, out_dir: Path, axes: Sequence[str], primary: str) -> dict[str, Path]:
     """acc_vs_<axis>.png for nmi, size and diversity (when swept) and robustness.png."""
-    metrics = [m for m in _unique([primary, UNSEEN_OBJECT]) if _has_values(runs, m)]
-    present = _present_axes(runs, axes)
+    metrics = [m for m in unique_values([primary, UNSEEN_OBJECT]) if has_values(runs, m)]
+    present = present_axes(runs, axes)
     written = {}
     for x, line_axes in PLOT_LINES.items():
         if metrics and x in present and runs[x].nunique() > 1:

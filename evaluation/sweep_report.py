@@ -24,11 +24,11 @@ import pandas as pd
 from pandas.api.types import is_numeric_dtype
 
 from data_filters.files import write_text_atomic
-from evaluation.sweep_plots import (SUPERVISION_LABELS, UNSEEN_OBJECT, _axis_label, _fmt_value, _has_values,
-                                    _unique, _write_plots, metric_label)
-from evaluation.sweep_stats import (CELL_COLUMNS, GAP_COLUMNS, NUMERIC_AXES, SUPERVISION_AXIS, _cell_axes,
-                                    _check_runs, _missing, _plus_minus, _present_axes, _scalar, _transform,
-                                    cell_table, slopes, supervision_gap)
+from evaluation.sweep_plots import (SUPERVISION_LABELS, UNSEEN_OBJECT, axis_label, format_value, has_values,
+                                    metric_label, unique_values, write_plots)
+from evaluation.sweep_stats import (CELL_COLUMNS, GAP_COLUMNS, NUMERIC_AXES, SUPERVISION_AXIS, as_scalar,
+                                    axis_transform, cell_table, check_runs, is_missing, plus_minus, present_axes,
+                                    slopes, supervision_gap, swept_cell_axes)
 
 __all__ = ["headline", "write_report"]
 
@@ -49,7 +49,7 @@ EFFECT_STATS = ("slope", "se", "ci_low", "ci_high", "n", "x_min", "x_max", "chan
 
 def _numeric_axes(runs: pd.DataFrame, axes: Sequence[str]) -> list[str]:
     """Cell axes with numbers (known numeric axes or numeric dtype) and more than one value."""
-    return [a for a in _cell_axes(runs, axes)
+    return [a for a in swept_cell_axes(runs, axes)
             if (a in NUMERIC_AXES or is_numeric_dtype(runs[a])) and runs[a].nunique() > 1]
 
 
@@ -65,19 +65,19 @@ def _seen_counterpart(metric: str) -> str:
 
 def _decimals(value: float) -> int:
     """Decimals that show ``value`` with two significant digits (at least 2, at most 6)."""
-    if _missing(value) or value == 0 or not math.isfinite(value):
+    if is_missing(value) or value == 0 or not math.isfinite(value):
         return 2
     return int(min(6, max(2, 1 - math.floor(math.log10(abs(value))))))
 
 
 def _fmt_effect(value: float, decimals: int) -> str:
     """A slope / CI bound / change with ``decimals`` decimals ("n/a" for NaN)."""
-    return "n/a" if _missing(value) else f"{value:.{decimals}f}"
+    return "n/a" if is_missing(value) else f"{value:.{decimals}f}"
 
 
 def _unit_phrase(axis: str, kind: str) -> str:
     """What one unit of slope means: "per unit NMI" or "per doubling of size"."""
-    return f"per doubling of {_axis_label(axis)}" if kind == "log2" else f"per unit {_axis_label(axis)}"
+    return f"per doubling of {axis_label(axis)}" if kind == "log2" else f"per unit {axis_label(axis)}"
 
 
 def _markdown_table(frame: pd.DataFrame) -> str:
@@ -91,11 +91,11 @@ def _markdown_table(frame: pd.DataFrame) -> str:
 
 def _fmt_cell(value) -> str:
     """A Markdown table cell: floats to 4 significant digits, "|" escaped, NaN as "—"."""
-    if _missing(value):
+    if is_missing(value):
         return "—"
     if isinstance(value, (float, np.floating)) and not float(value).is_integer():
         return f"{float(value):.4g}"
-    return _fmt_value(value).replace("|", "\\|")
+    return format_value(value).replace("|", "\\|")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -106,7 +106,7 @@ def _fmt_cell(value) -> str:
 def _effect_metrics(runs: pd.DataFrame, primary: str) -> list[str]:
     """Metrics whose slopes are reported: primary, unseen object top-1 and their seen counterparts."""
     candidates = [primary, UNSEEN_OBJECT, _seen_counterpart(primary), _seen_counterpart(UNSEEN_OBJECT)]
-    return [m for m in _unique(candidates) if _has_values(runs, m)]
+    return [m for m in unique_values(candidates) if has_values(runs, m)]
 
 
 def _effects(runs: pd.DataFrame, axes: Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:
@@ -115,7 +115,7 @@ def _effects(runs: pd.DataFrame, axes: Sequence[str], metrics: Sequence[str]) ->
     Columns: metric, x, transform, the cell axes (NaN where the axis is ``x``), then slope, se,
     ci_low, ci_high, n, x_min, x_max and change (slope times the transformed range swept).
     """
-    cell_axes = _cell_axes(runs, axes)
+    cell_axes = swept_cell_axes(runs, axes)
     frames = []
     for metric in metrics:
         for x in _numeric_axes(runs, axes):
@@ -134,7 +134,7 @@ def _effect_frame(table: pd.DataFrame, metric: str, x: str) -> pd.DataFrame:
     out = table.drop(columns=["x_range"]).assign(metric=metric, transform=kind)
     out["x_min"] = [lo for lo, _ in table["x_range"]]
     out["x_max"] = [hi for _, hi in table["x_range"]]
-    span = _transform(out["x_max"], kind) - _transform(out["x_min"], kind)
+    span = axis_transform(out["x_max"], kind) - axis_transform(out["x_min"], kind)
     out["change"] = out["slope"].to_numpy(dtype=np.float64) * span
     return out
 
@@ -154,7 +154,7 @@ def _gap_metrics(runs: pd.DataFrame) -> list[str]:
 
 def _gaps(runs: pd.DataFrame, axes: Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:
     """``supervision_gap`` of each metric, stacked with a leading metric column."""
-    keys = [a for a in _cell_axes(runs, axes) if a != SUPERVISION_AXIS]
+    keys = [a for a in swept_cell_axes(runs, axes) if a != SUPERVISION_AXIS]
     frames = [supervision_gap(runs, axes, m).assign(metric=m) for m in metrics]
     frames = [f for f in frames if len(f)]
     columns = ["metric", *keys, *GAP_COLUMNS]
@@ -177,22 +177,22 @@ def headline(effect: dict, cell_axes: Sequence[str]) -> str:
     x, kind, slope = effect["x"], effect["transform"], effect["slope"]
     d = _decimals(slope)
     ci = (f"95% CI {_fmt_effect(effect['ci_low'], d)} to {_fmt_effect(effect['ci_high'], d)}"
-          if not _missing(effect["ci_low"]) else "95% CI n/a")
+          if not is_missing(effect["ci_low"]) else "95% CI n/a")
     sentence = (f"{_where(effect, [a for a in cell_axes if a != x])}, {metric_label(effect['metric'])} changes by "
                 f"{_fmt_effect(slope, d)} {_unit_phrase(x, kind)} ({ci}, n={effect['n']}): "
                 f"{_implied_change(effect)}.")
-    if not _missing(effect["ci_low"]) and effect["ci_low"] <= 0 <= effect["ci_high"]:
+    if not is_missing(effect["ci_low"]) and effect["ci_low"] <= 0 <= effect["ci_high"]:
         sentence += " The CI includes zero, so the direction is not established."
     return sentence
 
 
 def _where(effect: dict, fixed: Sequence[str]) -> str:
     """"At size 12,800 (CLIP, language supervision)": the fixed axes of an effect row."""
-    parts = [f"{_axis_label(a)} {_fmt_value(effect.get(a))}" for a in fixed if a != SUPERVISION_AXIS]
+    parts = [f"{axis_label(a)} {format_value(effect.get(a))}" for a in fixed if a != SUPERVISION_AXIS]
     text = "At " + ", ".join(parts) if parts else "Across the sweep"
     if SUPERVISION_AXIS in fixed:
         supervision = effect.get(SUPERVISION_AXIS)
-        text += f" ({SUPERVISION_LABELS.get(supervision, _fmt_value(supervision))})"
+        text += f" ({SUPERVISION_LABELS.get(supervision, format_value(supervision))})"
     return text
 
 
@@ -204,9 +204,9 @@ def _implied_change(effect: dict) -> str:
     if effect["transform"] == "log2":
         doublings = f" ({math.log2(hi / lo):g} doublings)"
     if change == 0:
-        return f"it does not change between {_axis_label(x)} {_fmt_value(lo)} and {_fmt_value(hi)}"
+        return f"it does not change between {axis_label(x)} {format_value(lo)} and {format_value(hi)}"
     verb, start, end = (up, lo, hi) if change > 0 else (down, hi, lo)
-    return (f"{verb} {_axis_label(x)} from {_fmt_value(start)} to {_fmt_value(end)}{doublings} "
+    return (f"{verb} {axis_label(x)} from {format_value(start)} to {format_value(end)}{doublings} "
             f"raises it by about {_fmt_effect(abs(change), _decimals(change))}")
 
 
@@ -239,7 +239,7 @@ def _report_metrics(runs: pd.DataFrame, metrics: Sequence[str] | None) -> list[s
     """The metrics to tabulate: given ones present in ``runs``, else every eval/ column with a value."""
     if metrics is None:
         metrics = [c for c in runs.columns if str(c).startswith("eval/")]
-    chosen = [m for m in metrics if _has_values(runs, m)]
+    chosen = [m for m in metrics if has_values(runs, m)]
     if not chosen:
         raise ValueError(f"no metric to report: none of {list(metrics)} is a column with a value")
     return chosen
@@ -248,16 +248,16 @@ def _report_metrics(runs: pd.DataFrame, metrics: Sequence[str] | None) -> list[s
 def _main_metrics(metrics: Sequence[str], primary: str) -> list[str]:
     """Metrics whose per-cell tables go into report.md (all of ``metrics`` if none is a main one)."""
     main = [primary, _seen_counterpart(primary), UNSEEN_OBJECT, _seen_counterpart(UNSEEN_OBJECT), CZSL_AUC]
-    chosen = [m for m in _unique(main) if m in metrics]
+    chosen = [m for m in unique_values(main) if m in metrics]
     return chosen or list(metrics)
 
 
 def _sweep_summary(runs: pd.DataFrame, axes: Sequence[str]) -> str:
     """"12 runs; axes: nmi (0.09, 0.78), seed (3 values) ...; not in the data: diversity"."""
     parts = []
-    for axis in _present_axes(runs, axes):
+    for axis in present_axes(runs, axes):
         values = sorted(runs[axis].dropna().unique().tolist(), key=str if not is_numeric_dtype(runs[axis]) else None)
-        shown = ", ".join(_fmt_value(v) for v in values) if len(values) <= 8 else f"{len(values)} values"
+        shown = ", ".join(format_value(v) for v in values) if len(values) <= 8 else f"{len(values)} values"
         parts.append(f"{axis} ({shown})")
     text = f"{len(runs)} runs; axes: " + ("; ".join(parts) if parts else "none")
     missing = [a for a in axes if a not in runs.columns]
@@ -268,8 +268,8 @@ def _sweep_summary(runs: pd.DataFrame, axes: Sequence[str]) -> str:
 
 def _headlines_md(effects: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[str], primary: str) -> list[str]:
     """Markdown lines: one bullet per effect of the headline metrics, grouped by axis."""
-    cell_axes = _cell_axes(runs, axes)
-    metrics = _unique([primary, UNSEEN_OBJECT])
+    cell_axes = swept_cell_axes(runs, axes)
+    metrics = unique_values([primary, UNSEEN_OBJECT])
     chosen = effects[effects["metric"].isin(metrics)].to_dict("records")
     if not chosen:
         return ["_No effect could be estimated: no numeric axis has two or more values with data._"]
@@ -277,8 +277,8 @@ def _headlines_md(effects: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[str]
     supervision_rank = {"language": 0, "labels": 1}
     chosen.sort(key=lambda e: (metrics.index(e["metric"]), supervision_rank.get(e.get(SUPERVISION_AXIS), 2)))
     lines = []
-    for x in _unique(e["x"] for e in chosen):
-        lines += ["", f"### {_axis_label(x)}", ""]
+    for x in unique_values(e["x"] for e in chosen):
+        lines += ["", f"### {axis_label(x)}", ""]
         lines += [f"- {headline(e, cell_axes)}" for e in chosen if e["x"] == x]
     return lines
 
@@ -287,16 +287,16 @@ def _effects_md(effects: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[str]) 
     """The effects table for report.md: metric, axis (with unit), fixed axes, slope, CI, n, range, change."""
     if not len(effects):
         return "_No effects: no numeric axis has two or more values with data._"
-    cell_axes = _cell_axes(runs, axes)
+    cell_axes = swept_cell_axes(runs, axes)
     rows = []
     for e in effects.to_dict("records"):
         d = _decimals(e["slope"])
-        ci = "n/a" if _missing(e["ci_low"]) else f"{_fmt_effect(e['ci_low'], d)} to {_fmt_effect(e['ci_high'], d)}"
+        ci = "n/a" if is_missing(e["ci_low"]) else f"{_fmt_effect(e['ci_low'], d)} to {_fmt_effect(e['ci_high'], d)}"
         unit = "per doubling" if e["transform"] == "log2" else "per unit"
-        rows.append({"metric": metric_label(e["metric"]), "axis": f"{_axis_label(e['x'])} ({unit})",
+        rows.append({"metric": metric_label(e["metric"]), "axis": f"{axis_label(e['x'])} ({unit})",
                      **{a: ("swept" if a == e["x"] else e[a]) for a in cell_axes},
                      "slope": _fmt_effect(e["slope"], d), "95% CI": ci, "n": e["n"],
-                     "range": f"{_fmt_value(e['x_min'])} – {_fmt_value(e['x_max'])}",
+                     "range": f"{format_value(e['x_min'])} – {format_value(e['x_max'])}",
                      "change over range": _fmt_effect(e["change"], _decimals(e["change"]))})
     return _markdown_table(pd.DataFrame(rows))
 
@@ -307,7 +307,7 @@ def _gaps_md(gaps: pd.DataFrame) -> str:
         return "_Not computed: no object metric has both language- and label-supervised runs to pair._"
     shown = gaps.drop(columns=["mean_diff", "ci", "mean ± ci", "n"]).assign(
         metric=[metric_label(m) for m in gaps["metric"]],
-        **{"gap (language − labels)": [_plus_minus(m, c, n) for m, c, n in zip(gaps["mean_diff"], gaps["ci"], gaps["n"])]})
+        **{"gap (language − labels)": [plus_minus(m, c, n) for m, c, n in zip(gaps["mean_diff"], gaps["ci"], gaps["n"])]})
     return _markdown_table(shown)
 
 
@@ -316,7 +316,7 @@ def _cells_md(table: pd.DataFrame) -> str:
     if not len(table):
         return "_No cell has a value._"
     shown = table.drop(columns=list(CELL_COLUMNS)).assign(
-        **{"mean ± ci (n)": [_plus_minus(m, c, n) for m, c, n in zip(table["mean"], table["ci"], table["n"])]})
+        **{"mean ± ci (n)": [plus_minus(m, c, n) for m, c, n in zip(table["mean"], table["ci"], table["n"])]})
     return _markdown_table(shown)
 
 
@@ -336,7 +336,7 @@ def _report_md(title: str, runs: pd.DataFrame, axes: Sequence[str], primary: str
 
 def _json_records(frame: pd.DataFrame) -> list[dict]:
     """``frame`` as JSON-safe records: numpy scalars to Python, NaN to None."""
-    return [{str(k): (None if _missing(v) else _scalar(v)) for k, v in row.items()}
+    return [{str(k): (None if is_missing(v) else as_scalar(v)) for k, v in row.items()}
             for row in frame.to_dict("records")]
 
 
@@ -358,7 +358,7 @@ def write_report(runs: pd.DataFrame, out_dir: str | os.PathLike, axes: Sequence[
         >>> paths = write_report(runs, "reports/nmi", ["nmi", "size", "seed", "supervision"], "NMI sweep")
         >>> paths["report.md"], paths["tables/eval_unseen_pair_top1.csv"]
     """
-    _check_runs(runs)
+    check_runs(runs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = _report_metrics(runs, metrics)
@@ -376,7 +376,7 @@ def write_report(runs: pd.DataFrame, out_dir: str | os.PathLike, axes: Sequence[
     gaps = _gaps(runs, axes, _gap_metrics(runs))
     written["supervision_gap.csv"] = write_text_atomic(out_dir / "supervision_gap.csv", gaps.to_csv(index=False))
 
-    plots = _write_plots(runs, out_dir, axes, primary)
+    plots = write_plots(runs, out_dir, axes, primary)
     written.update(plots)
     report = _report_md(title, runs, axes, primary, effects, gaps, tables, plots)
     written["report.md"] = write_text_atomic(out_dir / "report.md", report)

@@ -77,14 +77,14 @@ def cell_table(runs: pd.DataFrame, axes: Sequence[str], metric: str) -> pd.DataF
 
         >>> cell_table(runs, ["nmi", "size", "seed", "supervision"], "eval/unseen/pair_top1")
     """
-    _check_runs(runs)
+    check_runs(runs)
     _check_metric(runs, metric)
-    keys = _cell_axes(runs, axes)
+    keys = swept_cell_axes(runs, axes)
     rows = []
-    for cell, sub in _groups(runs, keys):
+    for cell, sub in cell_groups(runs, keys):
         mean, ci, n = mean_ci(sub[metric])
         if n:
-            rows.append({**cell, "mean": mean, "ci": ci, "n": n, "mean ± ci": _plus_minus(mean, ci)})
+            rows.append({**cell, "mean": mean, "ci": ci, "n": n, "mean ± ci": plus_minus(mean, ci)})
     return pd.DataFrame(rows, columns=[*keys, *CELL_COLUMNS])
 
 
@@ -100,14 +100,14 @@ def slopes(runs: pd.DataFrame, axes: Sequence[str], metric: str, x: str,
 
         >>> slopes(runs, ["nmi", "size", "seed", "supervision"], "eval/unseen/pair_top1", x="nmi")
     """
-    _check_runs(runs)
+    check_runs(runs)
     _check_metric(runs, metric)
     if x not in runs.columns:
         raise ValueError(f"axis {x!r} is not a column of the runs frame (columns: {list(runs.columns)})")
     kind = NUMERIC_AXES.get(x, "linear")
-    fixed = [a for a in _cell_axes(runs, axes) if a != x]
+    fixed = [a for a in swept_cell_axes(runs, axes) if a != x]
     rows = []
-    for cell, sub in _groups(runs, fixed):
+    for cell, sub in cell_groups(runs, fixed):
         sub = sub[sub[metric].notna() & sub[x].notna()]
         if sub[x].nunique() >= 2:
             rows.append({**cell, "x": x, **_fit_row(sub[x], sub[metric], kind, confidence)})
@@ -125,30 +125,30 @@ def supervision_gap(runs: pd.DataFrame, axes: Sequence[str], metric: str,
 
         >>> supervision_gap(runs, ["nmi", "size", "seed", "supervision"], "eval/unseen/object_top1")
     """
-    _check_runs(runs)
+    check_runs(runs)
     _check_metric(runs, metric)
-    keys = [a for a in _cell_axes(runs, axes) if a != SUPERVISION_AXIS]
+    keys = [a for a in swept_cell_axes(runs, axes) if a != SUPERVISION_AXIS]
     columns = [*keys, *GAP_COLUMNS]
     if SUPERVISION_AXIS not in runs.columns:
         return pd.DataFrame(columns=columns)
     paired = _paired_twins(runs, keys, metric)
     rows = []
-    for cell, sub in _groups(paired, keys):
+    for cell, sub in cell_groups(paired, keys):
         mean, ci, n = mean_ci(sub["language"] - sub["labels"], confidence)
         rows.append({**cell, "language_mean": float(sub["language"].mean()),
                      "labels_mean": float(sub["labels"].mean()), "mean_diff": mean, "ci": ci, "n": n,
-                     "mean ± ci": _plus_minus(mean, ci)})
+                     "mean ± ci": plus_minus(mean, ci)})
     return pd.DataFrame(rows, columns=columns)
 
 
 def _fit_row(x: pd.Series, y: pd.Series, kind: str, confidence: float) -> dict:
     """Slope statistics of y on transform(x): slope, se, ci_low, ci_high, n, x_range."""
-    t = _transform(x.to_numpy(dtype=np.float64), kind)
+    t = axis_transform(x.to_numpy(dtype=np.float64), kind)
     slope, se = _ols(t, y.to_numpy(dtype=np.float64))
     n = int(t.size)
     half = float(stats.t.ppf((1.0 + confidence) / 2.0, n - 2)) * se if n > 2 else math.nan
     return {"slope": slope, "se": se, "ci_low": slope - half, "ci_high": slope + half, "n": n,
-            "x_range": (_scalar(x.min()), _scalar(x.max()))}
+            "x_range": (as_scalar(x.min()), as_scalar(x.max()))}
 
 
 def _ols(t: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -162,7 +162,7 @@ def _ols(t: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return slope, math.sqrt(float(resid @ resid) / (t.size - 2) / sxx)
 
 
-def _transform(values, kind: str) -> np.ndarray:
+def axis_transform(values, kind: str) -> np.ndarray:
     """``values`` on the slope's x scale: unchanged ("linear") or log2 ("log2", positive only)."""
     x = np.asarray(values, dtype=np.float64)
     if kind == "linear":
@@ -195,7 +195,7 @@ def _twin_side(frame: pd.DataFrame, supervision: str, keys: list[str], metric: s
 # ----------------------------------------------------------------------------------------------
 
 
-def _check_runs(runs: pd.DataFrame) -> None:
+def check_runs(runs: pd.DataFrame) -> None:
     """Raise ValueError for a missing or empty runs frame (nothing to report on)."""
     if runs is None or len(runs) == 0:
         raise ValueError("the sweep has no runs: the runs DataFrame is empty")
@@ -208,27 +208,27 @@ def _check_metric(runs: pd.DataFrame, metric: str) -> None:
         raise ValueError(f"metric {metric!r} is not a column of the runs frame (eval metrics: {known})")
 
 
-def _present_axes(runs: pd.DataFrame, axes: Sequence[str]) -> list[str]:
+def present_axes(runs: pd.DataFrame, axes: Sequence[str]) -> list[str]:
     """The ``axes`` that are columns of ``runs``, in order (an axis may be absent from a sweep)."""
     return [a for a in axes if a in runs.columns]
 
 
-def _cell_axes(runs: pd.DataFrame, axes: Sequence[str]) -> list[str]:
+def swept_cell_axes(runs: pd.DataFrame, axes: Sequence[str]) -> list[str]:
     """The present axes that define a cell: all but the replicate axis."""
-    return [a for a in _present_axes(runs, axes) if a != REPLICATE_AXIS]
+    return [a for a in present_axes(runs, axes) if a != REPLICATE_AXIS]
 
 
-def _groups(frame: pd.DataFrame, keys: Sequence[str]) -> Iterator[tuple[dict, pd.DataFrame]]:
+def cell_groups(frame: pd.DataFrame, keys: Sequence[str]) -> Iterator[tuple[dict, pd.DataFrame]]:
     """Yield ({key: value}, sub-frame) per distinct combination of ``keys`` (NaN is a value)."""
     if not keys:
         yield {}, frame
         return
     for values, sub in frame.groupby(list(keys), dropna=False, sort=True):
         values = values if isinstance(values, tuple) else (values,)
-        yield {k: _scalar(v) for k, v in zip(keys, values)}, sub
+        yield {k: as_scalar(v) for k, v in zip(keys, values)}, sub
 
 
-def _scalar(value):
+def as_scalar(value):
     """A plain Python value for a numpy scalar (so tables, JSON and f-strings behave)."""
     return value.item() if isinstance(value, np.generic) else value
 
@@ -238,13 +238,13 @@ def _scalar(value):
 # ----------------------------------------------------------------------------------------------
 
 
-def _plus_minus(mean: float, ci: float, n: int | None = None) -> str:
+def plus_minus(mean: float, ci: float, n: int | None = None) -> str:
     """"0.412 ± 0.021" ("± n/a" without a CI), with " (n)" appended when ``n`` is given."""
-    text = f"{mean:.3f} ± " + ("n/a" if _missing(ci) else f"{ci:.3f}")
+    text = f"{mean:.3f} ± " + ("n/a" if is_missing(ci) else f"{ci:.3f}")
     return text if n is None else f"{text} ({n})"
 
 
-def _missing(value) -> bool:
+def is_missing(value) -> bool:
     """True for None and float NaN (pandas' NA too)."""
     try:
         return value is None or bool(pd.isna(value))

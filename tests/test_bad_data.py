@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from aotrain.data.datamodule import ShardDataModule
 from aotrain.data.shard_stream import SKIP_COLUMNS, read_error_log
-from aotrain.subset import pool_shards
+from aotrain.pool_stages import pool_shards
 from conftest import run_cli, run_cli_here
 
 EXPECTED = {"bad_image": 1, "bad_caption": 1, "no_caption": 1, "truncated_shard": 1}

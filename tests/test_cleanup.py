@@ -261,7 +261,7 @@ def test_failed_start_leaves_no_empty_folder(tmp_path):
 
 def test_failed_stages_leave_no_empty_cache_folders(tmp_path):
     """An unreachable NMI target and an unreadable pool stop the start and leave no empty folder."""
-    from aotrain.subset import prepare_subset
+    from aotrain.pool_stages import prepare_subset
     from aotrain.toyworld import generate_world
 
     world = generate_world({"seed": 0, "pool": {"n_samples": 600, "samples_per_shard": 200},

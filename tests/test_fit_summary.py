@@ -123,7 +123,7 @@ def test_an_explicit_seen_from_wins(run, world, pool, target):  # noqa: F811
 
 
 def test_a_benchmark_outside_the_subsets_vocabulary_is_left_unmarked(run, tmp_path):
-    from aotrain.benchmarks import Benchmark
+    from aotrain.ao_benchmark import Benchmark
 
     image = next((run["world"] / "imagenet_ao" / "seen").glob("*/*.png"))
     for name in ("furry frog", "red circle"):

@@ -8,7 +8,7 @@ Global rank 0 evaluates and the other ranks wait for its metrics in a broadcast.
 every rank evaluates inside a parameter gather (a collective); under FSDP2 every rank evaluates the
 sharded network, whose forward gathers each block's weights in turn. Either way no rank waits on
 another, and the numbers are those of the whole model.
-`aotrain eval checkpoint=...` runs the same code (aotrain.benchmarks) on a saved checkpoint.
+`aotrain eval checkpoint=...` runs the same code (aotrain.ao_benchmark) on a saved checkpoint.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from aotrain.benchmarks import Benchmark
+from aotrain.ao_benchmark import Benchmark
 from aotrain.strategies import full_parameters
 from evaluation.evaluate import EvalResult
 

@@ -111,21 +111,21 @@ class ShardStream(IterableDataset):
             random.Random(f"shards-{self.seed}-{self.epoch}").shuffle(urls)  # same on every rank
         return urls
 
-    def _my_urls(self, rank, world, worker, workers):
+    def _my_urls(self, rank, ranks, worker, workers):
         if self.resampled:
             rng = random.Random(f"resample-{self.seed}-{self.epoch}-{rank}-{worker}")
             return (rng.choice(self.urls) for _ in iter(int, 1))  # endless; the quota ends the epoch
-        return self._epoch_urls()[rank::world][worker::workers]
+        return self._epoch_urls()[rank::ranks][worker::workers]
 
-    def quota(self, world: int, workers: int) -> int | None:
+    def quota(self, ranks: int, workers: int) -> int | None:
         """Samples each (rank, worker) stream yields this epoch; None: all of its shards."""
         if self.resampled:
-            return self.samples_per_epoch // (world * workers)
+            return self.samples_per_epoch // (ranks * workers)
         if not self.shard_sizes:
             return None
         urls = self._epoch_urls()
-        shares = [sum(self.shard_sizes.get(Path(u).name, 0) for u in urls[r::world][w::workers])
-                  for r in range(world) for w in range(workers)]
+        shares = [sum(self.shard_sizes.get(Path(u).name, 0) for u in urls[r::ranks][w::workers])
+                  for r in range(ranks) for w in range(workers)]
         return min(shares)
 
     def _raw(self, urls, rng_name: str, report):
@@ -143,9 +143,9 @@ class ShardStream(IterableDataset):
     def samples(self):
         """This (rank, worker)'s usable samples in stream order, before the label rule, quota and resume
         skip (for tests and tools that inspect the order): dicts '__key__', 'caption'."""
-        rank, world, worker, workers = wds.utils.pytorch_worker_info()
+        rank, ranks, worker, workers = wds.utils.pytorch_worker_info()
         name = f"samples-{self.seed}-{self.epoch}-{rank}-{worker}"
-        for _, key, members in self._raw(self._my_urls(rank, world, worker, workers), name, lambda *_: None):
+        for _, key, members in self._raw(self._my_urls(rank, ranks, worker, workers), name, lambda *_: None):
             if sample_problem(members, check_image=False) is None:
                 yield {"__key__": key, "caption": read_caption(members)}
 
@@ -163,8 +163,8 @@ class ShardStream(IterableDataset):
         damage cost, up to the quota, so every rank trains the same number of steps (counted as
         'refilled'; without it one rank would wait for the others in a collective).
         """
-        rank, world, worker, workers = wds.utils.pytorch_worker_info()
-        quota = self.quota(world, workers)
+        rank, ranks, worker, workers = wds.utils.pytorch_worker_info()
+        quota = self.quota(ranks, workers)
         # Batch j of this rank comes from worker j % workers: skip this worker's share of the first ones.
         skip = len(range(worker, self.skip_batches, workers)) * self.batch_size
         labeller = self.labeller() if self.labeller is not None else None  # built in the worker
@@ -180,7 +180,7 @@ class ShardStream(IterableDataset):
             if taken >= skip:  # the interrupted run logged what it passed over before the resume point
                 log.write(kind, shard, key, why)
 
-        urls, attempt, limit = self._my_urls(rank, world, worker, workers), 0, quota
+        urls, attempt, limit = self._my_urls(rank, ranks, worker, workers), 0, quota
         while True:
             found = 0
             name = f"samples-{self.seed}-{self.epoch}-{rank}-{worker}" + (f"-refill{attempt}" if attempt else "")
@@ -214,12 +214,12 @@ class ShardStream(IterableDataset):
             # Only what bad data cost is made up (a label rule's drops are the data, not damage): up to
             # the bad samples met, or the whole quota when a truncated shard hid an unknown number.
             # Workers of one process need not be equal (the loader drains them all); ranks must.
-            shortfall = 0 if quota is None or self.resampled or not found or world == 1 else quota - taken
+            shortfall = 0 if quota is None or self.resampled or not found or ranks == 1 else quota - taken
             shortfall = shortfall if lost["truncated"] else min(shortfall, lost["samples"])
             if shortfall <= 0:
                 return
             limit, lost["samples"], lost["truncated"] = taken + shortfall, 0, False
-            urls, attempt = self._my_urls(rank, world, worker, workers), attempt + 1  # read them again
+            urls, attempt = self._my_urls(rank, ranks, worker, workers), attempt + 1  # read them again
 
     def __iter__(self):
         for sample in self.labelled_samples():

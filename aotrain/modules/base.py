@@ -13,7 +13,7 @@ from aotrain.modules.optim import build_optimizer
 from aotrain.strategies import configure_network
 
 
-class TwinModule(L.LightningModule):
+class BaseModule(L.LightningModule):
     """Subclasses set `self.net` (the trained network) and `kind`, and implement `vision_tower()`."""
 
     kind = ""

@@ -18,13 +18,13 @@ import torch
 from open_clip.loss import ClipLoss, SigLipLoss
 
 from aotrain import towers
-from aotrain.modules.base import TwinModule
+from aotrain.modules.base import BaseModule
 
 MAX_LOGIT_SCALE = 100.0  # CLIP caps the learned temperature at 100
 SIGLIP_INIT = {"init_logit_scale": math.log(10), "init_logit_bias": -10.0}  # the SigLIP paper's start
 
 
-class CLIPModule(TwinModule):
+class CLIPModule(BaseModule):
     kind = "clip"
 
     def __init__(self, model_name: str, optim: dict, total_steps: int, loss: str = "clip",
@@ -43,8 +43,8 @@ class CLIPModule(TwinModule):
 
     def setup(self, stage: str) -> None:
         # Rank and world size come from the Trainer; each rank gathers features from the others.
-        world = self.trainer.world_size if self.trainer else 1
-        self.loss_fn = self._loss(rank=self.global_rank, world_size=world)
+        world_size = self.trainer.world_size if self.trainer else 1
+        self.loss_fn = self._loss(rank=self.global_rank, world_size=world_size)
 
     def encode_image(self, images):  # [B,3,H,W] -> [B,D]
         return self.net.encode_image(images)

@@ -16,13 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from aotrain.data.labels import label_classes
-from aotrain.modules.base import TwinModule
+from aotrain.modules.base import BaseModule
 from aotrain.towers import SupervisedNet
 
 LABEL_COLUMN = {"attribute": 0, "object": 1}  # column of each head's target in a label batch [B, 2]
 
 
-class SupervisedModule(TwinModule):
+class SupervisedModule(BaseModule):
     kind = "supervised"
 
     def __init__(self, model_name: str, optim: dict, total_steps: int, vocabulary: str,
