@@ -86,3 +86,24 @@ def datacomp_pool(tmp_path_factory):
     from img2dataset_tool import run_img2dataset
 
     return run_img2dataset(tmp_path_factory.mktemp("datacomp") / "pool", uid=True)
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory):
+    """small_world(n_samples=300, samples_per_shard=100) -> the folder of a toy world with the default
+    world config (recipes/world/default.yaml), one evaluation image per pair. Worlds are cached by
+    their config (aotrain.toyworld), so every test asking for the same sizes shares one."""
+    import yaml
+
+    from aotrain.config import RECIPES_DIR
+    from aotrain.toyworld import generate_world
+
+    root = tmp_path_factory.mktemp("small_worlds")
+
+    def make(n_samples: int = 300, samples_per_shard: int = 100) -> Path:
+        cfg = yaml.safe_load((RECIPES_DIR / "world" / "default.yaml").read_text())
+        cfg["pool"].update(n_samples=n_samples, samples_per_shard=samples_per_shard)
+        cfg["eval"].update(images_per_unseen_pair=1, images_per_seen_pair=1)
+        return generate_world(cfg, root, progress=False)
+
+    return make

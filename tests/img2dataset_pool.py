@@ -21,6 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from data_filters.files import add_tar_member
+
 TEMPLATES = [
     "Stock photo: {a} {o} on a wooden table, high resolution",
     "{A} {o} isolated on white background",
@@ -59,12 +61,6 @@ def _jpeg(png: bytes) -> bytes:
     return out.getvalue()
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
 def write_pool(world_dir: Path, out_dir: Path, samples_per_shard: int = 200, failed_every: int = 9,
                uid: bool = False, seed: int = 0, captions=None) -> dict:
     """Write the pool; returns {"samples", "failed", "shards"}. `captions(rng, attribute, object)`
@@ -92,9 +88,9 @@ def write_pool(world_dir: Path, out_dir: Path, samples_per_shard: int = 200, fai
                                height=None, original_width=None, original_height=None)
                     failed += 1
                 else:
-                    _add(tar, f"{key}.jpg", _jpeg(png))
-                    _add(tar, f"{key}.txt", caption.encode())
-                    _add(tar, f"{key}.json", json.dumps({k: v for k, v in row.items()}).encode())
+                    add_tar_member(tar, f"{key}.jpg", _jpeg(png))
+                    add_tar_member(tar, f"{key}.txt", caption.encode())
+                    add_tar_member(tar, f"{key}.json", json.dumps({k: v for k, v in row.items()}).encode())
                     written += 1
                 rows.append(row)
         pq.write_table(pa.Table.from_pylist(rows), out_dir / f"{number:05d}.parquet")

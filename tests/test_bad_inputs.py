@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_cli, run_cli_here
+from data_filters.files import add_tar_member
 
 FIT_RUN = "runs/toy_low_nmi-20260101-000000"   # a run folder whose only checkpoint is empty
 VOCAB = "attributes: {colour: [red, blue]}\nobjects: [fox, ball]\n"
@@ -146,9 +147,7 @@ def inputs(tmp_path_factory) -> Path:
     with tarfile.open(d / "pool" / "shard-000000.tar", "w") as tar:
         for i, caption in enumerate(CAPTIONS):
             for ext, data in (("png", _png(i)), ("txt", caption.encode()), ("json", json.dumps({"uid": f"u{i}"}).encode())):
-                info = tarfile.TarInfo(f"{i:04d}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+                add_tar_member(tar, f"{i:04d}.{ext}", data)
     (d / "bench" / "red fox").mkdir(parents=True)
     return d
 

@@ -19,6 +19,7 @@ from PIL import Image
 from sklearn.metrics import normalized_mutual_info_score
 
 from data_filters.counts import PairCounts, count_captions, count_files
+from data_filters.files import add_tar_member
 from data_filters.parse import CaptionParser
 from data_filters.sources import iter_captions
 from data_filters.stats_cli import main
@@ -106,9 +107,7 @@ def write_sources(folder):
             if cap is not None:
                 members["txt"] = cap.encode()
             for ext, data in members.items():
-                info = tarfile.TarInfo(f"{i:04d}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+                add_tar_member(tar, f"{i:04d}.{ext}", data)
     return paths
 
 

@@ -1,19 +1,13 @@
 """The training stream: same seed, same data order; every sample once per epoch; batches as the model wants."""
 import pytest
-import yaml
 
-from aotrain.config import RECIPES_DIR
 from aotrain.data.datamodule import ShardDataModule
 from aotrain.data.shard_stream import SKIP_COLUMNS
-from aotrain.toyworld import generate_world
 
 
 @pytest.fixture(scope="module")
-def pool(tmp_path_factory):
-    cfg = yaml.safe_load((RECIPES_DIR / "world" / "default.yaml").read_text())
-    cfg["pool"].update(n_samples=300, samples_per_shard=100)
-    cfg["eval"].update(images_per_unseen_pair=1, images_per_seen_pair=1)
-    return generate_world(cfg, tmp_path_factory.mktemp("worlds"), progress=False) / "pool"
+def pool(small_world):
+    return small_world(n_samples=300, samples_per_shard=100) / "pool"
 
 
 def _keys(stream):

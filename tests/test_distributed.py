@@ -74,16 +74,8 @@ def test_siglip_module_trains_a_step():
 
 
 @pytest.fixture(scope="module")
-def pool(tmp_path_factory):
-    import yaml
-
-    from aotrain.config import RECIPES_DIR
-    from aotrain.toyworld import generate_world
-
-    cfg = yaml.safe_load((RECIPES_DIR / "world" / "default.yaml").read_text())
-    cfg["pool"].update(n_samples=500, samples_per_shard=60)  # 9 shards of unequal totals across ranks
-    cfg["eval"].update(images_per_unseen_pair=1, images_per_seen_pair=1)
-    return generate_world(cfg, tmp_path_factory.mktemp("worlds"), progress=False) / "pool"
+def pool(small_world):
+    return small_world(n_samples=500, samples_per_shard=60) / "pool"  # 9 shards of unequal totals across ranks
 
 
 def _rank_keys(pool, monkeypatch, rank, world, **kw):

@@ -169,11 +169,9 @@ def test_every_reader_of_benchmark_folders_splits_their_names_alike(tmp_path):
     assert set(bare.attributes) == {a for a, _ in plain} and set(bare.objects) == {o for _, o in plain}
 
 
-def test_toy_world_captions(tmp_path):
+def test_toy_world_captions(small_world):
     """Every toy-world pool caption parses to the attribute/object in its json."""
-    from aotrain.toyworld import generate_world
-    cfg = {"pool": {"n_samples": 300, "samples_per_shard": 100}, "eval": {"images_per_unseen_pair": 1, "images_per_seen_pair": 1}}
-    world = generate_world(cfg, tmp_path, progress=False, workers=1)
+    world = small_world(n_samples=300, samples_per_shard=100)
     parser = CaptionParser(load_vocabulary(f"world:{world}"))
     truth = {}
     for shard in sorted((world / "pool").glob("*.tar")):
