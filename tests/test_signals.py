@@ -11,7 +11,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, run_cli
+from conftest import run_cli
 
 ARGS = ("fit", "debug=smoke", "trainer.max_steps=6", "eval.every_n_steps=3")
 
