@@ -182,7 +182,8 @@ def run(command: str, args: list[str]) -> int:
         print(OmegaConf.to_yaml(cfg))
         return 0
     if command == "fit":  # before Lightning loads (seconds): a store that cannot take the run fails fast
-        from aotrain.tracking import check_store, is_rank_zero
+        from aotrain.tracking import is_rank_zero
+        from aotrain.tracking_store import check_store
 
         if is_rank_zero():
             check_store(cfg.logger.tracking_uri)

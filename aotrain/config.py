@@ -15,6 +15,8 @@ from hydra.errors import HydraException, InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from aotrain.validate import problems
+
 RECIPES_DIR = Path(os.environ.get("AOTRAIN_RECIPES", Path(__file__).resolve().parent.parent / "recipes"))
 
 
@@ -80,9 +82,9 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "con
     except (HydraException, OmegaConfBaseException) as e:
         message = _short(e)
     else:
-        from aotrain.validate import check_values  # imports this module: a top-level import would be circular
-
-        check_values(cfg, config_name)  # types and ranges now, before any command writes anything
+        found = problems(cfg, config_name)  # types and ranges now, before any command writes anything
+        if found:
+            raise UserError("; ".join(found))
         return cfg
     bad_key = re.search(r"Could not override '([^']+)'", message)
     if bad_key and overrides:  # name the keys that do exist where the user was aiming

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 from omegaconf import OmegaConf
 
 from aotrain.config import UserError, to_dict
-from aotrain.tracking import check_store, log_evaluation, read_run_pointer
+from aotrain.tracking import log_evaluation, read_run_pointer
+from aotrain.tracking_store import check_store
 from data_filters.files import OutputError, check_writable, publish_dir, temp_dir_for
 
 if TYPE_CHECKING:

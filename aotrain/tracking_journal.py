@@ -33,7 +33,7 @@ import threading
 import time
 from pathlib import Path
 
-from aotrain.tracking import short_http_env, short_reason
+from aotrain.tracking_store import check_store, experiment_id, short_reason, use_short_http
 
 from data_filters.command import run_command
 
@@ -214,7 +214,6 @@ def sync(run_dir: Path, to: str | None = None) -> dict:
     from mlflow.tracking import MlflowClient
 
     from aotrain.config import UserError
-    from aotrain.tracking import check_store, experiment_id
 
     path = Path(run_dir)
     path = path if path.name.endswith(".jsonl") else path / JOURNAL
@@ -276,10 +275,3 @@ def _sync(args) -> int:
     else:
         print(f"aotrain sync: nothing to send; all {result['total']} journal records are in {where}")
     return 0
-
-
-def use_short_http(timeout_s: int) -> None:
-    """For the rest of this process (a fit's rank 0): requests fail within `timeout_s` instead of
-    retrying for minutes; the journal retries instead. Settings the user exported win."""
-    for key, value in short_http_env(timeout_s).items():
-        os.environ.setdefault(key, value)

@@ -16,8 +16,8 @@ from pathlib import Path
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from aotrain.tracking import short_reason
 from aotrain.tracking_journal import JOURNAL, Journal, _now_ms, _say, is_transient, rows, send_pending
+from aotrain.tracking_store import short_reason
 
 # Lightning's finalize(status) words -> MLflow run statuses.
 STATUSES = {"success": "FINISHED", "finished": "FINISHED", "failed": "FAILED", "killed": "KILLED"}

@@ -29,8 +29,9 @@ from aotrain.parity import RECORD, differences, flat_params, load_record, parity
 from aotrain.pool_stages import pool_shards, prepare_subset
 from aotrain.toyworld import generate_world, load_world
 from aotrain.resume import find_resume
-from aotrain.tracking import (check_store, close_logger, curated_params, is_rank_zero, log_artifacts, make_logger,
-                              read_run_pointer, write_run_pointer)
+from aotrain.tracking import (close_logger, curated_params, is_rank_zero, log_artifacts, make_logger, read_run_pointer,
+                              write_run_pointer)
+from aotrain.tracking_store import check_store
 from data_filters.files import OutputError, check_writable, write_text_atomic
 
 

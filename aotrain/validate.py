@@ -3,8 +3,9 @@
     aotrain fit trainer.max_steps=-5      # aotrain fit: error: trainer.max_steps=-5: must be an integer > 0
     aotrain fit subset.nmi=abc            # aotrain fit: error: subset.nmi=abc: must be a number in [0, 1] or null
 
-    from aotrain.validate import check_values
-    check_values(cfg, "config")           # UserError naming every bad key, its value and what is allowed
+    from aotrain.validate import problems
+    problems(cfg, "config")   # ["trainer.max_steps=-5: must be an integer > 0", ...]; aotrain.config.compose
+                              # raises them as one UserError
 
 RULES holds one table per root config (recipes/config.yaml, evaluate.yaml, sweep.yaml): key -> rule.
 A key that a config does not have (a trainer without num_nodes, a key another recipe adds) is not
@@ -20,7 +21,6 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from aotrain.config import UserError
 
 
 @dataclass(frozen=True)
@@ -171,9 +171,3 @@ def problems(cfg: DictConfig, config_name: str = "config") -> list[str]:
             found.append(f"{key}={_show(value)}: must be {rule.allowed}")
     return found
 
-
-def check_values(cfg: DictConfig, config_name: str = "config") -> None:
-    """Raise UserError (one line, every bad key) unless `cfg` passes its table in RULES."""
-    found = problems(cfg, config_name)
-    if found:
-        raise UserError("; ".join(found))

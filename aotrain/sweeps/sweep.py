@@ -115,7 +115,8 @@ def _client(logger: dict):
 
 def ensure_parent(cfg, state: SweepState, client, logger: dict, cells: list[Cell]) -> str:
     """The sweep's parent run: the one in sweep.json (set RUNNING again), else a new one."""
-    from aotrain.tracking import create_run, experiment_id
+    from aotrain.tracking import create_run
+    from aotrain.tracking_store import experiment_id
 
     parent = state.data.get("parent_run_id")
     if parent is not None:
@@ -191,7 +192,7 @@ def run_sweep(cfg) -> dict:
     """Run (or continue) the sweep `cfg`; returns {parent_run_id, done, failed, report}."""
     check_launcher(cfg)
     cells = expand(to_dict(cfg.grid), to_dict(cfg.axes), twins=cfg.twins)
-    from aotrain.tracking import check_store  # every cell logs to the same store: check it before any work
+    from aotrain.tracking_store import check_store  # every cell logs to the same store: check it before any work
 
     check_store(compose(cell_overrides(cfg, cells[0])).logger.tracking_uri)
     sweep_dir = Path(cfg.paths.sweep_dir)
