@@ -41,6 +41,7 @@ import numpy as np
 from data_filters.command import run_command
 from data_filters.files import atomic_path, write_text_atomic
 
+from .line_fit import fit_line
 from .metrics import as_numpy
 
 __all__ = ["RobustnessFit", "fit_effective_robustness", "load_points", "robustness_main"]
@@ -174,7 +175,7 @@ def fit_effective_robustness(
     y = _transform(y_acc[mask], scale, eps)  # [b]
     if np.ptp(x) == 0:
         raise ValueError("all baseline id accuracies are equal (after clipping); the line's slope is undefined")
-    slope, intercept, r2 = _ols(x, y)
+    slope, intercept, r2, _ = fit_line(x, y)
     predicted = _inverse(slope * _transform(x_acc, scale, eps) + intercept, scale)  # [n]
     return RobustnessFit(
         names=names, id_acc=x_acc, ood_acc=y_acc, baseline=mask, scale=scale,
@@ -268,19 +269,6 @@ def _inverse(z: np.ndarray, scale: str) -> np.ndarray:
     if scale == "linear":
         return z
     return 1 / (1 + np.exp(-z))
-
-
-def _ols(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
-    """Least-squares y = slope * x + intercept; returns (slope, intercept, r2)."""
-    xc = x - x.mean()
-    yc = y - y.mean()
-    slope = float(xc @ yc / (xc @ xc))
-    intercept = float(y.mean() - slope * x.mean())
-    ss_res = float(np.sum((y - (slope * x + intercept)) ** 2))
-    ss_tot = float(yc @ yc)
-    # Constant OOD values are fitted exactly by a flat line: call that a perfect fit rather than 0/0.
-    r2 = 1.0 if ss_tot == 0 else 1.0 - ss_res / ss_tot
-    return slope, intercept, r2
 
 
 def _baseline_mask(baseline, names: list[str]) -> np.ndarray:

@@ -33,6 +33,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from evaluation.line_fit import fit_line
+
 __all__ = ["NUMERIC_AXES", "cell_table", "mean_ci", "slopes", "supervision_gap"]
 
 NUMERIC_AXES = {"nmi": "linear", "size": "log2", "diversity": "linear"}  # x-transform for slopes
@@ -144,22 +146,12 @@ def supervision_gap(runs: pd.DataFrame, axes: Sequence[str], metric: str,
 def _fit_row(x: pd.Series, y: pd.Series, kind: str, confidence: float) -> dict:
     """Slope statistics of y on transform(x): slope, se, ci_low, ci_high, n, x_range."""
     t = axis_transform(x.to_numpy(dtype=np.float64), kind)
-    slope, se = _ols(t, y.to_numpy(dtype=np.float64))
+    line = fit_line(t, y.to_numpy(dtype=np.float64))
+    slope, se = line.slope, line.se
     n = int(t.size)
     half = float(stats.t.ppf((1.0 + confidence) / 2.0, n - 2)) * se if n > 2 else math.nan
     return {"slope": slope, "se": se, "ci_low": slope - half, "ci_high": slope + half, "n": n,
             "x_range": (as_scalar(x.min()), as_scalar(x.max()))}
-
-
-def _ols(t: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """(slope, standard error) of the least-squares line y = a + b t; se is NaN with n <= 2."""
-    tc = t - t.mean()
-    sxx = float(tc @ tc)
-    slope = float(tc @ (y - y.mean())) / sxx
-    if t.size <= 2:
-        return slope, math.nan  # a line through two points leaves no residual degrees of freedom
-    resid = y - y.mean() - slope * tc
-    return slope, math.sqrt(float(resid @ resid) / (t.size - 2) / sxx)
 
 
 def axis_transform(values, kind: str) -> np.ndarray:
