@@ -81,9 +81,9 @@ def recipes_and_options() -> list[str]:
     from aotrain.config import default_choice, describe, group_options, groups
 
     lines = ["recipes (recipe=NAME; * the default, set in recipes/config.yaml):"]
-    names = group_options("recipe")
+    names, default = group_options("recipe"), default_choice("recipe")
     width = max(22, *(len(r) + 2 for r in names))  # a long name must not run into its description
-    lines += [f"{'*' if r == default_choice('recipe') else ' '} {r:<{width}}{describe('recipe', r)}" for r in names]
+    lines += [f"{'*' if r == default else ' '} {r:<{width}}{describe('recipe', r)}" for r in names]
     lines += ["", "config groups (GROUP=CHOICE):"]
     lines += [f"  {g:<22}{', '.join(group_options(g))}" for g in groups()
               if g not in ("recipe", "sweeps", "recipe_base", "paths")]

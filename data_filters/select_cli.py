@@ -77,8 +77,9 @@ def _select(args) -> int:
         check_output(Path(args.out), args.overwrite)
         replace = Path(args.out).exists()  # allowed by check_output: --overwrite, or an empty folder
         pool, caption_keys, dedupe = load_selection_pool(args.labels, args.dedupe)
-        if dropped_line(dedupe):
-            print(f"duplicates: {dropped_line(dedupe)}")
+        dropped = dropped_line(dedupe)
+        if dropped:
+            print(f"duplicates: {dropped}")
         subs = select_many(*pool, size=args.size, nmi_targets=args.nmi, seed=args.seed, normaliser=args.normaliser,
                            fixed_marginals=not args.free_marginals, allow_repeats=args.allow_repeats, tol=args.tol,
                            distinct_pairs=args.pairs, caption_keys=caption_keys)

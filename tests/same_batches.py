@@ -10,7 +10,7 @@ Every rank trains on its slice of each global batch (rank r of W: rows r*B/W to 
 process and several see the same global batches. Three modules are fitted in turn (CLIP with the
 softmax loss, with the sigmoid loss, and the supervised twin), each from the seed's initial weights.
 Writes OUT_DIR/<module>-rank<r>.json (each step's loss on that rank) and, from rank 0,
-OUT_DIR/<module>.pt (the full weights after the last step).
+OUT_DIR/<module>-init.pt and OUT_DIR/<module>.pt (the full weights before the first step and after the last).
 """
 import json
 import sys
@@ -74,6 +74,8 @@ def main(trainer_name: str, devices: int, batches: str, world_dir: str, out: str
         trainer = instantiate(cfg.trainer, accelerator="cpu", devices=devices, precision="32-true", max_steps=STEPS,
                               gradient_clip_val=1.0, logger=False, enable_checkpointing=False,
                               enable_progress_bar=False, use_distributed_sampler=False, callbacks=[losses])
+        if trainer.global_rank == 0:  # before fit: the same initial weights on every rank
+            torch.save({k: v.detach().clone() for k, v in module.net.state_dict().items()}, Path(out, f"{name}-init.pt"))
         targets = data["labels"] if name == "supervised" else data["tokens"]
         trainer.fit(module, datamodule=Slices([data["images"], targets, data["skipped"]], global_batch))
         weights = full_weights(trainer, module)

@@ -90,7 +90,7 @@ def test_kill9_and_resume_give_the_uninterrupted_runs_exact_weights(full_run):
 @pytest.fixture(scope="module")
 def same_batches(full_run, tmp_path_factory):
     """The smoke modules fitted on the same 4 global batches of 16 under trainer=cpu (one process),
-    ddp and fsdp2 (two processes each): {trainer: folder of losses and weights}, and the world."""
+    ddp and fsdp2 (two processes each): {trainer: folder of losses and weights}."""
     from aotrain.data.datamodule import ShardDataModule
 
     root = full_run[0]
@@ -114,7 +114,7 @@ def same_batches(full_run, tmp_path_factory):
                                str(work / "batches.pt"), str(world), str(folders[trainer])],
                               capture_output=True, text=True, cwd=work, timeout=600)
         assert proc.returncode == 0, proc.stderr[-4000:]
-    return folders, world
+    return folders
 
 
 def _losses(folder, module: str, ranks: int) -> list[float]:
@@ -122,21 +122,9 @@ def _losses(folder, module: str, ranks: int) -> list[float]:
     return [sum(step) / ranks for step in zip(*per_rank)]  # each rank's local loss; their mean is the global one
 
 
-def _initial_weights(module: str, world) -> dict:
-    from aotrain.config import compose, to_dict
-    from aotrain.modules.clip import CLIPModule
-    from aotrain.modules.supervised import SupervisedModule
-
-    optim = to_dict(compose(["debug=smoke"]).optim)
-    torch.manual_seed(0)  # as tests/same_batches.py builds each module
-    if module == "supervised":
-        return SupervisedModule("toy-vit-micro", optim, 4, vocabulary=f"world:{world}").net.state_dict()
-    return CLIPModule("toy-vit-micro", optim, 4, loss=module).net.state_dict()
-
-
 @pytest.mark.parametrize("module", ["clip", "siglip", "supervised"])
 def test_fsdp2_ddp_and_one_process_agree_on_the_same_global_batches(same_batches, module):
-    folders, world = same_batches
+    folders = same_batches
     losses = {"cpu": _losses(folders["cpu"], module, 1), "ddp": _losses(folders["ddp"], module, 2),
               "fsdp2": _losses(folders["fsdp2"], module, 2)}
     weights = {name: torch.load(folder / f"{module}.pt", weights_only=True) for name, folder in folders.items()}
@@ -147,6 +135,6 @@ def test_fsdp2_ddp_and_one_process_agree_on_the_same_global_batches(same_batches
         diff = max((weights[one][k] - weights[other][k]).abs().max().item() for k in weights[other])
         assert diff < WEIGHT_TOL, f"{one} vs {other}: max weight difference {diff:.2e}"
     # The comparison means something: training moved the weights far more than the tolerance.
-    start = _initial_weights(module, world)
+    start = torch.load(folders["cpu"] / f"{module}-init.pt", weights_only=True)
     moved = max((weights["cpu"][k] - start[k]).abs().max().item() for k in start)
     assert moved > 50 * WEIGHT_TOL
