@@ -48,6 +48,9 @@ _DEEPSPEED_KEYS = {
     "sparse_tensor_module_names", "checkpoint_parallel_dimensions",
 }
 _NOT_EXPORTED = {"optimizer_states"}
+# The checkpoint entry naming the 0-d parameters given shape [1] under DeepSpeed
+# (aotrain.strategies.vectorise_scalars); export gives them back shape ().
+VECTORISED_KEY = "aotrain_vectorised_scalars"
 _DCP_WEIGHTS = ("state_dict", "model")  # FSDP2 (ModelParallelStrategy), FSDP1 (FSDPStrategy)
 
 
@@ -148,6 +151,8 @@ def consolidate(src) -> dict:
     ckpt = _read_deepspeed(src) if kind == "deepspeed" else _read_fsdp(src)
     for key in _NOT_EXPORTED:
         ckpt.pop(key, None)
+    for name in ckpt.pop(VECTORISED_KEY, []):  # shape [1] for DeepSpeed only (strategies.vectorise_scalars)
+        ckpt["state_dict"][name] = ckpt["state_dict"][name].reshape(())
     if not ckpt["state_dict"]:
         raise ValueError(f"{src} holds no weights")
     return ckpt

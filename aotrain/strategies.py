@@ -24,43 +24,89 @@ from data_filters.files import publish_dir, temp_dir_for
 FORWARD_METHODS = ("encode_image", "encode_text")
 
 
-def configure_network(net: torch.nn.Module, grad_checkpointing: bool = False, compile: bool = False) -> None:
+def configure_network(net: torch.nn.Module, grad_checkpointing: bool = False, compile: bool = False,
+                      strategy=None) -> list[str]:
     """What every strategy applies to a module's network before any sharding (the modules'
-    `configure_model` hook calls it, before the optimizer exists)."""
+    `configure_model` hook calls it, before the optimizer exists). Returns the names of the 0-d
+    parameters given shape [1] for DeepSpeed (`vectorise_scalars`), else []."""
     if grad_checkpointing:
         net.set_grad_checkpointing(True)  # recompute activations in backward: less memory
     if compile:
         net.compile()  # in place: parameter names (and checkpoints) stay as they are
+    return vectorise_scalars(net) if isinstance(strategy, DeepSpeedStrategy) else []
 
 
-def full_parameters(strategy, pl_module):
-    """A context inside which every rank evaluates the whole model: under FSDP or ZeRO-3 it gathers
-    whole parameters; under FSDP2 it does nothing, as the sharded network's forward (and
-    encode_image/encode_text) gathers them block by block. None when each rank already holds them
-    (single device, DDP, ZeRO-1/2): then rank 0 alone evaluates.
+def vectorise_scalars(net: torch.nn.Module) -> list[str]:
+    """Give each 0-d parameter (CLIP's logit_scale, SigLIP's logit_bias) shape [1], in place, and
+    return their names. DeepSpeed broadcasts every parameter at start-up as bytes
+    (`p.view(torch.uint8)`, deepspeed 0.19), which a 0-d tensor cannot be. Products and sums with a
+    [1] tensor broadcast as with a scalar; the module saves the names in its checkpoints, and
+    `aotrain export` gives these parameters back their shape ()."""
+    names = []
+    for name, param in list(net.named_parameters()):
+        if param.dim() == 0:
+            owner_name, _, attr = name.rpartition(".")
+            owner = net.get_submodule(owner_name) if owner_name else net
+            setattr(owner, attr, torch.nn.Parameter(param.detach().reshape(1), requires_grad=param.requires_grad))
+            names.append(name)
+    return names
 
-        with full_parameters(trainer.strategy, module) or contextlib.nullcontext(): ...
+
+def gathers_in_forward(strategy) -> bool:
+    """True under ZeRO-3: its hooks gather a module's parameters only around that module's forward,
+    so evaluation must call the CLIP's forward, not encode_image/encode_text (which read the root's
+    own parameters outside any forward)."""
+    return isinstance(strategy, DeepSpeedStrategy) and strategy.config.get("zero_optimization", {}).get("stage") == 3
+
+
+def full_parameters(strategy):
+    """A context inside which every rank evaluates the whole model: under FSDP1 it gathers whole
+    parameters; under FSDP2 and ZeRO-3 it does nothing, as the sharded network's forward gathers
+    them module by module (FSDP2 also in encode_image/encode_text; ZeRO-3 evaluation goes through
+    forward, `gathers_in_forward`). None when each rank already holds them (single device, DDP,
+    ZeRO-1/2): then rank 0 alone evaluates.
+
+        with full_parameters(trainer.strategy) or contextlib.nullcontext(): ...
     """
-    if isinstance(strategy, FSDP2Strategy):
+    # Not deepspeed.zero.GatheredParameters around the evaluation: on leaving it ZeRO-3 frees its
+    # small persistent parameters while its forward hooks still hold them, and stops (seen on an
+    # H200, deepspeed 0.19.8: "Cannot free a ZeRO-3 parameter while it is still active in submodules").
+    if isinstance(strategy, FSDP2Strategy) or gathers_in_forward(strategy):
         return contextlib.nullcontext()
     if isinstance(strategy, FSDPStrategy):
         from torch.distributed.fsdp import FullyShardedDataParallel
 
         return FullyShardedDataParallel.summon_full_params(strategy.model, writeback=False)
-    if isinstance(strategy, DeepSpeedStrategy) and strategy.config.get("zero_optimization", {}).get("stage") == 3:
-        import deepspeed  # CUDA machines only: not importable everywhere
-
-        return deepspeed.zero.GatheredParameters(list(pl_module.parameters()), modifier_rank=None)
     return None
 
 
 def fsdp(sharding_strategy: str = "FULL_SHARD", state_dict_type: str = "sharded", cpu_offload: bool = False,
-         activation_checkpointing: bool = False) -> FSDPStrategy:
+         activation_checkpointing: bool = False) -> "FSDP1Strategy":
     """FSDP1 with one unit per transformer block (image and text towers alike); needs CUDA GPUs."""
     blocks = {ResidualAttentionBlock}
-    return FSDPStrategy(auto_wrap_policy=blocks, sharding_strategy=sharding_strategy,
-                        state_dict_type=state_dict_type, cpu_offload=cpu_offload,
-                        activation_checkpointing_policy=blocks if activation_checkpointing else None)
+    return FSDP1Strategy(auto_wrap_policy=blocks, sharding_strategy=sharding_strategy,
+                         state_dict_type=state_dict_type, cpu_offload=cpu_offload,
+                         activation_checkpointing_policy=blocks if activation_checkpointing else None)
+
+
+class FSDP1Strategy(FSDPStrategy):
+    """Lightning's FSDPStrategy with the 0-d parameters left out of FSDP, which refuses them ("FSDP
+    doesn't support scalar parameters"): they stay whole on every rank and their gradients are
+    averaged by a hook, as under FSDP2 (`shard_network`); and with clipping by norm."""
+
+    def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        scalars = [p for p in model.parameters() if p.dim() == 0]
+        for param in scalars:  # FSDP moves only the parameters it manages
+            param.data = param.data.to(self.root_device)
+        if scalars:
+            self.kwargs["ignored_states"] = scalars
+        wrapped = super()._setup_model(model)
+        for param in scalars:
+            param.register_post_accumulate_grad_hook(_average_across(None, self.root_device))
+        # Lightning's FSDP precision plugin refuses gradient_clip_algorithm='norm'; FSDP's own
+        # clip_grad_norm_ takes the norm over every rank's shards, the scalars left out included.
+        self.precision_plugin.clip_grad_by_norm = lambda optimizer, clip_val: wrapped.clip_grad_norm_(clip_val)
+        return wrapped
 
 
 def fsdp2(reshard_after_forward: bool = True, activation_checkpointing: bool = False, mixed_precision: str = "auto",
@@ -149,17 +195,23 @@ def shard_network(net: torch.nn.Module, mesh, reshard_after_forward: bool = True
     # The root's parameters are needed again at the start of backward: keep them gathered (torchtitan's choice).
     fully_shard(net, reshard_after_forward=False, ignored_params=scalars or None, **options)
     for param in scalars:
-        param.register_post_accumulate_grad_hook(_average_across(mesh.get_group()))
+        param.register_post_accumulate_grad_hook(_average_across(mesh.get_group(), torch.device(mesh.device_type)))
     for name in FORWARD_METHODS:
         if hasattr(net, name):
             register_fsdp_forward_method(net, name)
     return net
 
 
-def _average_across(group):
+def _average_across(group, device: torch.device):
+    """A post-accumulate-grad hook that averages a parameter's gradient over `group` (None: all
+    ranks), reducing on `device`: under CPU offload the scalars live in CPU memory, and NCCL reduces
+    GPU tensors only."""
     def hook(param: torch.nn.Parameter) -> None:
+        grad = param.grad.to(device)
         # SUM then divide: gloo has no AVG. Under gradient accumulation p.grad already holds the
         # averaged earlier micro-batches, and the average of (avg + g) is avg + avg(g): still right.
-        torch.distributed.all_reduce(param.grad, group=group)
-        param.grad.div_(torch.distributed.get_world_size(group))
+        torch.distributed.all_reduce(grad, group=group)
+        grad.div_(torch.distributed.get_world_size(group))
+        if grad is not param.grad:
+            param.grad.copy_(grad)
     return hook

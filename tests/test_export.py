@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from aotrain.checkpoints import load_checkpoint
-from aotrain.export import default_destination, detect_format, export_checkpoint, export_main
+from aotrain.export import VECTORISED_KEY, default_destination, detect_format, export_checkpoint, export_main
 from aotrain.data.shard_stream import SKIP_COLUMNS
 from aotrain.modules.clip import CLIPModule
 
@@ -148,8 +148,10 @@ def test_fsdp_sharded_folder_is_consolidated(lightning_ckpt, tmp_path, capsys):
 
 # --- DeepSpeed: the code around DeepSpeed's own fp32 merge (DeepSpeed itself needs CUDA) ------------------
 
-def test_deepspeed_folder_metadata_and_prefix(lightning_ckpt, tmp_path, monkeypatch):
-    """Lightning's client state is kept, DeepSpeed's own keys are dropped, `_forward_module.` is stripped.
+@pytest.mark.parametrize("vectorised", [False, True])
+def test_deepspeed_folder_metadata_and_prefix(lightning_ckpt, tmp_path, monkeypatch, vectorised):
+    """Lightning's client state is kept, DeepSpeed's own keys are dropped, `_forward_module.` is stripped,
+    and a logit_scale the run gave shape [1] (strategies.vectorise_scalars) gets back shape ().
     The fp32 merge is DeepSpeed's get_fp32_state_dict_from_zero_checkpoint, stubbed here; the GPU test runs it."""
     import deepspeed.utils.zero_to_fp32 as z2f
 
@@ -159,7 +161,11 @@ def test_deepspeed_folder_metadata_and_prefix(lightning_ckpt, tmp_path, monkeypa
     (folder / "checkpoint").mkdir(parents=True)
     (folder / "latest").write_text("checkpoint")
     client = {k: v for k, v in original.items() if k not in ("state_dict", "optimizer_states")}
-    torch.save({**client, "module": {k: v.bfloat16() for k, v in original["state_dict"].items()},
+    weights = dict(original["state_dict"])
+    if vectorised:  # what a DeepSpeed run saves (aotrain/modules/base.py)
+        client[VECTORISED_KEY] = ["net.logit_scale"]
+        weights["net.logit_scale"] = weights["net.logit_scale"].reshape(1)
+    torch.save({**client, "module": {k: v.bfloat16() for k, v in weights.items()},
                 "ds_config": {"zero_optimization": {"stage": 2}}, "ds_version": "0.19.8", "global_steps": 1,
                 "buffer_names": [], "param_shapes": None, "dp_world_size": 1, "mp_world_size": 1},
                folder / "checkpoint" / "mp_rank_00_model_states.pt")
@@ -169,7 +175,7 @@ def test_deepspeed_folder_metadata_and_prefix(lightning_ckpt, tmp_path, monkeypa
 
     def merged(checkpoint_dir, tag=None, **kw):
         calls.append((checkpoint_dir, tag))
-        return {f"_forward_module.{k}": v for k, v in original["state_dict"].items()}
+        return {f"_forward_module.{k}": v for k, v in weights.items()}
 
     monkeypatch.setattr(z2f, "get_fp32_state_dict_from_zero_checkpoint", merged)
     assert detect_format(folder) == "deepspeed"
@@ -177,7 +183,8 @@ def test_deepspeed_folder_metadata_and_prefix(lightning_ckpt, tmp_path, monkeypa
     dst = export_checkpoint(folder)
     assert calls == [(str(folder), "checkpoint")]
     ckpt = torch.load(dst, weights_only=True)
-    assert set(ckpt) == set(client) | {"state_dict"}
+    assert set(ckpt) == set(client) - {VECTORISED_KEY} | {"state_dict"}
+    assert ckpt["state_dict"]["net.logit_scale"].shape == ()
     net, info = load_checkpoint(dst)
     assert info["kind"] == "clip" and info["step"] == 1
     _assert_same_weights(net, module)
@@ -241,11 +248,9 @@ def _compare_forward(reference: dict, dst: Path):
 
 @pytest.mark.gpu
 def test_deepspeed_stage_3_gpu(tmp_path):
-    import deepspeed
-
     trainer, module, path = _gpu_fit(tmp_path, "deepspeed_stage_3")
     assert detect_format(path) == "deepspeed"
-    with torch.no_grad(), deepspeed.zero.GatheredParameters(list(module.parameters())):
+    with torch.no_grad():  # ZeRO-3's hooks gather each module's parameters in its forward (strategies.gathers_in_forward)
         reference = {k: v.float() for k, v in module.net.eval()(*_inputs("cuda")).items() if torch.is_tensor(v)}
     assert export_main([str(path)]) == 0
     _compare_forward(reference, default_destination(path))

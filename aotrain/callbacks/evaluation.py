@@ -45,7 +45,7 @@ class BenchmarkEvaluation(L.Callback):
             return
         self._last_step = step
         metrics = None
-        sharded = full_parameters(trainer.strategy, pl_module)
+        sharded = full_parameters(trainer.strategy)
         if sharded is not None:
             # Parameters live in shards: gathering them is collective, so every rank evaluates
             # (the same numbers) inside the gather, and rank 0 alone writes and logs.

@@ -9,8 +9,9 @@ import numpy as np
 import torch
 
 from aotrain.checkpoints import evaluation_model
+from aotrain.export import VECTORISED_KEY
 from aotrain.modules.optim import build_optimizer
-from aotrain.strategies import configure_network
+from aotrain.strategies import configure_network, gathers_in_forward
 
 
 class BaseModule(L.LightningModule):
@@ -35,19 +36,25 @@ class BaseModule(L.LightningModule):
 
     def evaluation_model(self, device):
         """The evaluation.models adapter of the current weights (the same one `aotrain eval` builds)."""
-        return evaluation_model(self.net, {"kind": self.kind, "model_name": self.hparams.model_name}, device)
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        return evaluation_model(self.net, {"kind": self.kind, "model_name": self.hparams.model_name}, device,
+                                through_forward=gathers_in_forward(strategy))
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.net.parameters())
 
     def configure_model(self) -> None:
         # Called by Lightning under every strategy before the optimizer exists (FSDP2 shards after it).
-        configure_network(self.net, grad_checkpointing=bool(self.hparams.get("grad_checkpointing")),
-                          compile=bool(self.hparams.get("compile")))
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        vectorised = configure_network(self.net, grad_checkpointing=bool(self.hparams.get("grad_checkpointing")),
+                                       compile=bool(self.hparams.get("compile")), strategy=strategy)
+        self.vectorised_scalars = [f"net.{name}" for name in vectorised]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["aotrain_module"] = self.kind  # aotrain eval (aotrain/checkpoints.py) reads which kind it holds
         checkpoint["aotrain_rng"] = rng_states()  # this rank's
+        if getattr(self, "vectorised_scalars", None):  # DeepSpeed: `aotrain export` gives them back shape ()
+            checkpoint[VECTORISED_KEY] = self.vectorised_scalars
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "aotrain_rng" in checkpoint:  # resume: the random streams continue where they stopped
