@@ -30,14 +30,14 @@ from .files import atomic_path, check_output, write_text_atomic
 from .parse import CaptionParser
 from .pools import open_pool, say
 from .sources import add_caption_arguments, iter_captions
-from .vocab import Vocabulary, load_vocabulary, phrase, split_pair_name
+from .vocab import Vocabulary, class_folders, load_vocabulary, phrase, split_pair_name
 
 PROG = "aotrain filter contamination"
 
 
 def benchmark_pairs(folder, parser: CaptionParser) -> set[tuple[str, str]]:
     """The (attribute, object) pairs named by a benchmark's class folders, in the parser's canonical names."""
-    names = {p.name for p in Path(folder).rglob("*") if p.is_dir() and not any(c.is_dir() for c in p.iterdir())}
+    names = {p.name for p in class_folders(folder)}
     pairs = {pair for name in names if (pair := split_pair_name(name, parser.vocab)) is not None}
     if not pairs:
         raise ValueError(f"no '<attribute> <object>' folders under {folder} that the vocabulary resolves")

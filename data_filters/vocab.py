@@ -48,6 +48,14 @@ def phrase(text: str) -> str:
 _SEPARATORS = re.compile(r"[\s_]+")  # between the words of a benchmark folder name
 
 
+def class_folders(root) -> list[Path]:
+    """A benchmark's class folders: the directories under `root` (not `root` itself) that hold files
+    and no sub-directories, in path order. The one walk that finds them (the vocabulary's
+    from_benchmark and the contamination report both read their names with `split_pair_name`)."""
+    root = Path(root)
+    return sorted((Path(d) for d, dirs, files in os.walk(root) if files and not dirs and Path(d) != root), key=str)
+
+
 def split_pair_name(name: str, vocab: "Vocabulary | None" = None) -> tuple[str, str] | None:
     """The (attribute, object) a benchmark folder such as "red sea_lions" names, or None: the one
     parser of folder names (evaluation, contamination, benchmark vocabularies, seen-pair marking).
@@ -192,10 +200,8 @@ class Vocabulary:
         attributes: dict[str, list[str]] = {}
         objects: dict[str, list[str]] = {}
         kinds: dict[str, str] = {}
-        for dirpath, dirnames, filenames in sorted(os.walk(root)):
-            if dirnames or not filenames or Path(dirpath) == root:
-                continue
-            name = Path(dirpath).name
+        for folder in class_folders(root):
+            name = folder.name
             pair = (known.split_pair(name, new_objects=True) if known else None) or split_pair_name(name)
             if pair is None:
                 continue

@@ -1,8 +1,11 @@
 """A deterministic stream of (image, target, skipped) samples from webdataset tar shards.
 
 Order is a pure function of (seed, epoch, rank, worker): shards are shuffled with (seed, epoch),
-split across ranks then DataLoader workers, and samples are shuffled in a buffer seeded with
-(seed, epoch, rank, worker). Same config and seed, same data order.
+split across ranks then DataLoader workers (webdataset's split_by_node and split_by_worker stages),
+and samples are shuffled in a buffer seeded with (seed, epoch, rank, worker). Same config and seed,
+same data order. Each pass over the shards is one webdataset pipeline (`ShardStream.pipeline`):
+shards -> split -> read -> shuffle -> the sample and label rules; the quota, the resume skip, the
+refill of a short stream and the per-sample seeds are the stages after it.
 
 The target is the tokenized caption (CLIP) or the caption's (attribute, object) label indices
 (a supervised twin); both come from the same sample order. With a `labeller` (data_filters'
@@ -111,11 +114,15 @@ class ShardStream(IterableDataset):
             random.Random(f"shards-{self.seed}-{self.epoch}").shuffle(urls)  # same on every rank
         return urls
 
-    def _my_urls(self, rank, ranks, worker, workers):
+    def _shard_stages(self, rank: int, worker: int) -> list:
+        """The first stages of a pass: this (rank, worker)'s shards. Exact epochs: the epoch's shard
+        order, split by webdataset's stages (rank::ranks, then worker::workers, as `quota` counts);
+        resampled: an endless seeded draw of its own, which the quota ends."""
         if self.resampled:
             rng = random.Random(f"resample-{self.seed}-{self.epoch}-{rank}-{worker}")
-            return (rng.choice(self.urls) for _ in iter(int, 1))  # endless; the quota ends the epoch
-        return self._epoch_urls()[rank::ranks][worker::workers]
+            return [lambda: (rng.choice(self.urls) for _ in iter(int, 1))]
+        urls = self._epoch_urls()
+        return [lambda: iter(urls), wds.split_by_node, wds.split_by_worker]  # (DataPipeline flattens lists)
 
     def quota(self, ranks: int, workers: int) -> int | None:
         """Samples each (rank, worker) stream yields this epoch; None: all of its shards."""
@@ -128,24 +135,26 @@ class ShardStream(IterableDataset):
                   for r in range(ranks) for w in range(workers)]
         return min(shares)
 
-    def _raw(self, urls, rng_name: str, report):
-        """(shard, key, members) of these shards in buffer-shuffled order, bad samples included."""
-        def read():
+    def pipeline(self, rank: int, worker: int, rng_name: str, report, *rules) -> wds.DataPipeline:
+        """One pass over this (rank, worker)'s shards: (shard, key, members) in buffer-shuffled order,
+        then `rules` (stages that drop what breaks them). `report(kind, shard, key, why)` hears of
+        truncated shards."""
+        def read(urls):
             for url in urls:
-                for key, members in read_shard(url, on_truncated=lambda shard, why: report("truncated_shard",
-                                                                                            shard, None, why)):
+                on_truncated = lambda shard, why: report("truncated_shard", shard, None, why)  # noqa: E731
+                for key, members in read_shard(url, on_truncated=on_truncated):
                     yield url, key, members
-        raw = read()
-        if self.shuffle_buffer > 1:
-            raw = _buffer_shuffle(raw, self.shuffle_buffer, random.Random(rng_name))
-        return raw
+        # Our buffer shuffle, not webdataset's: its draws (and so the project's data order) are the reference.
+        shuffle = [] if self.shuffle_buffer <= 1 else [
+            lambda raw: _buffer_shuffle(raw, self.shuffle_buffer, random.Random(rng_name))]
+        return wds.DataPipeline(*self._shard_stages(rank, worker), read, *shuffle, *rules)
 
     def samples(self):
         """This (rank, worker)'s usable samples in stream order, before the label rule, quota and resume
         skip (for tests and tools that inspect the order): dicts '__key__', 'caption'."""
-        rank, ranks, worker, workers = wds.utils.pytorch_worker_info()
+        rank, _, worker, _ = wds.utils.pytorch_worker_info()
         name = f"samples-{self.seed}-{self.epoch}-{rank}-{worker}"
-        for _, key, members in self._raw(self._my_urls(rank, ranks, worker, workers), name, lambda *_: None):
+        for _, key, members in self.pipeline(rank, worker, name, lambda *_: None):
             if sample_problem(members, check_image=False) is None:
                 yield {"__key__": key, "caption": read_caption(members)}
 
@@ -180,13 +189,9 @@ class ShardStream(IterableDataset):
             if taken >= skip:  # the interrupted run logged what it passed over before the resume point
                 log.write(kind, shard, key, why)
 
-        urls, attempt, limit = self._my_urls(rank, ranks, worker, workers), 0, quota
-        while True:
-            found = 0
-            name = f"samples-{self.seed}-{self.epoch}-{rank}-{worker}" + (f"-refill{attempt}" if attempt else "")
-            for shard, key, members in self._raw(urls, name, report):
-                if limit is not None and taken >= limit:
-                    return
+        def usable(raw):
+            """Stage: the sample rule, the label rule and decoding; what breaks them is counted and passed over."""
+            for shard, key, members in raw:
                 problem = sample_problem(members, check_image=False)
                 if problem is not None:
                     report(problem, shard, key, problem.replace("_", " "))
@@ -201,6 +206,17 @@ class ShardStream(IterableDataset):
                 except ValueError as e:
                     report("bad_image", shard, key, str(e))
                     continue
+                yield {"__key__": key, "image": image, "caption": caption, "label": label}
+
+        attempt, limit = 0, quota
+        while True:
+            found = 0
+            name = f"samples-{self.seed}-{self.epoch}-{rank}-{worker}" + (f"-refill{attempt}" if attempt else "")
+            samples = iter(self.pipeline(rank, worker, name, report, usable))
+            while limit is None or taken < limit:  # checked before each read: nothing past the quota is read
+                sample = next(samples, None)
+                if sample is None:
+                    break
                 found += 1
                 taken += 1
                 if attempt:
@@ -208,18 +224,19 @@ class ShardStream(IterableDataset):
                 if taken <= skip:
                     counts = dict.fromkeys(SKIP_COLUMNS, 0)
                     continue
-                yield {"__key__": key, "image": image, "caption": caption, "label": label,
-                       "skipped": [counts[c] for c in SKIP_COLUMNS]}
+                yield {**sample, "skipped": [counts[c] for c in SKIP_COLUMNS]}
                 counts = dict.fromkeys(SKIP_COLUMNS, 0)
-            # Only what bad data cost is made up (a label rule's drops are the data, not damage): up to
-            # the bad samples met, or the whole quota when a truncated shard hid an unknown number.
-            # Workers of one process need not be equal (the loader drains them all); ranks must.
+            else:
+                return  # the quota is met
+            # The shards ran dry first. Only what bad data cost is made up (a label rule's drops are the
+            # data, not damage): up to the bad samples met, or the whole quota when a truncated shard hid
+            # an unknown number. Workers of one process need not be equal (the loader drains them all); ranks must.
             shortfall = 0 if quota is None or self.resampled or not found or ranks == 1 else quota - taken
             shortfall = shortfall if lost["truncated"] else min(shortfall, lost["samples"])
             if shortfall <= 0:
                 return
             limit, lost["samples"], lost["truncated"] = taken + shortfall, 0, False
-            urls, attempt = self._my_urls(rank, ranks, worker, workers), attempt + 1  # read them again
+            attempt += 1  # read the shards again
 
     def __iter__(self):
         for sample in self.labelled_samples():
