@@ -2,7 +2,7 @@
 
     model, info = load_checkpoint("outputs/runs/toy_low_nmi-.../checkpoints/last.ckpt")
     model, info = load_open_clip("ViT-B-32", "/data/weights/vit_b32_cc12m.pt")
-    adapter = evaluation_model(model, info, device="cuda")     # what evaluation.evaluate takes
+    adapter = evaluation.models.adapter_for(model, info["kind"], towers.tokenizer(info["model_name"]), "cuda")
     # model: a CLIP or SupervisedNet in eval mode; info: {"kind", "model_name", "step", "run_dir", "source"}
 
 Errors a user can cause (missing file, unknown model, weights that do not fit the architecture)
@@ -124,32 +124,6 @@ def load_checkpoint(path, model_name: str | None = None):
     info = {"kind": kind, "model_name": name, "step": int(ckpt.get("global_step", 0)), "run_dir": _run_dir(path),
             "source": str(path.resolve())}
     return net.eval(), info
-
-
-def evaluation_model(net, info: dict, device, through_forward: bool = False):
-    """The evaluation.models adapter for a network load_checkpoint/load_open_clip returned.
-    `through_forward`: encode with the CLIP's forward (`net(image=...)`, `net(text=...)`), not
-    encode_image/encode_text, for strategies that gather parameters in forward hooks (ZeRO-3)."""
-    from aotrain import towers
-    from evaluation.models import HeadModel, ZeroShotModel
-
-    if info["kind"] == "supervised":  # the head model calls the network's forward
-        return HeadModel(_images_in_weight_dtype(net, net), net.classes, device=device)
-    encode_image, encode_text = net.encode_image, net.encode_text
-    if through_forward:  # output_dict=True (towers.build_clip); features come back unit-length
-        encode_image = lambda images: net(image=images)["image_features"]  # noqa: E731
-        encode_text = lambda tokens: net(text=tokens)["text_features"]  # noqa: E731
-    return ZeroShotModel(_images_in_weight_dtype(encode_image, net.visual), encode_text,
-                         towers.tokenizer(info["model_name"]), device=device)
-
-
-def _images_in_weight_dtype(encode, tower: torch.nn.Module):
-    """`encode` with its images cast to the tower's weight dtype: DeepSpeed's bf16 keeps the weights
-    themselves in bf16 (outside autocast), and a float32 image batch cannot meet them."""
-    dtype = next(p.dtype for p in tower.parameters() if p.is_floating_point())
-    if dtype == torch.float32:
-        return encode
-    return lambda images: encode(images.to(dtype))
 
 
 def load_open_clip(model_name: str, weights):

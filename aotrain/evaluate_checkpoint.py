@@ -190,15 +190,16 @@ def evaluate_checkpoint(cfg) -> dict:
     section, bench_name = _section(cfg, info)
     out = _out_dir(cfg, info, bench_name)
     _check_out(out)  # the default lies beside the checkpoint: known only now, still before the evaluation
+    from aotrain import towers
     from aotrain.ao_benchmark import Benchmark
-    from aotrain.checkpoints import evaluation_model
+    from evaluation.models import adapter_for
 
     try:
         benchmark = Benchmark.from_config(section, info["model_name"])
     except (FileNotFoundError, ValueError) as e:
         raise UserError(f"benchmark: {e}") from None
 
-    adapter = evaluation_model(model.to(device), info, device)
+    adapter = adapter_for(model.to(device), info["kind"], towers.tokenizer(info["model_name"]), device)
     with torch.no_grad():
         result = benchmark.run(adapter, progress=True)
 

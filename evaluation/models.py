@@ -1,6 +1,6 @@
 """What evaluation needs from a model: two small adapters, one per kind of supervision.
 
-    from evaluation.models import ZeroShotModel, HeadModel
+    from evaluation.models import ZeroShotModel, HeadModel, adapter_for
     clip = ZeroShotModel(model.encode_image, model.encode_text, tokenizer, device="cuda")
     W = clip.classifier(["red circle", "blue square"], templates)   # [C, D]; cached
     head = HeadModel(net.classify_image, {"object": ["circle", "square"]})   # a supervised classifier
@@ -41,8 +41,6 @@ class ZeroShotModel:
     text_batch_size: int = 256
     _cache: dict = field(default_factory=dict, repr=False)
 
-    kind = "zero_shot"
-
     def classifier(self, classnames: Sequence[str], templates: Sequence[Template]) -> torch.Tensor:
         """[C, D] unit class embeddings (float32, CPU), encoded at most once per (classnames, templates)."""
         key = (tuple(classnames), template_key(templates))
@@ -69,8 +67,6 @@ class HeadModel:
     classes: Mapping[str, Sequence[str]]
     device: str | torch.device = "cpu"
 
-    kind = "head"
-
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """{task: [B, H] head logits} (float32, CPU)."""
@@ -79,3 +75,31 @@ class HeadModel:
 
     def clear_cache(self) -> None:  # nothing cached: the head is the classifier
         pass
+
+
+def adapter_for(net: torch.nn.Module, kind: str, tokenizer, device: str | torch.device = "cpu",
+                through_forward: bool = False) -> ZeroShotModel | HeadModel:
+    """The adapter of a trained network. kind "supervised": a classifier whose forward gives
+    {task: logits} over its `classes`, as a HeadModel; otherwise an open_clip CLIP, as a
+    ZeroShotModel with `tokenizer`. `through_forward` encodes with the CLIP's forward
+    (`net(image=...)`, `net(text=...)`, output_dict=True) rather than encode_image/encode_text, for
+    sharding that gathers parameters in forward hooks only (DeepSpeed ZeRO-3).
+
+        adapter = adapter_for(model, "clip", open_clip.get_tokenizer("ViT-B-32"), device="cuda")
+    """
+    if kind == "supervised":
+        return HeadModel(_images_in_weight_dtype(net, net), net.classes, device=device)
+    encode_image, encode_text = net.encode_image, net.encode_text
+    if through_forward:  # features come back unit-length, as features() makes them anyway
+        encode_image = lambda images: net(image=images)["image_features"]  # noqa: E731
+        encode_text = lambda tokens: net(text=tokens)["text_features"]  # noqa: E731
+    return ZeroShotModel(_images_in_weight_dtype(encode_image, net.visual), encode_text, tokenizer, device=device)
+
+
+def _images_in_weight_dtype(encode: Callable, tower: torch.nn.Module) -> Callable:
+    """`encode` with its images cast to the tower's weight dtype: DeepSpeed's bf16 keeps the weights
+    themselves in bf16 (outside autocast), and a float32 image batch cannot meet them."""
+    dtype = next(p.dtype for p in tower.parameters() if p.is_floating_point())
+    if dtype == torch.float32:
+        return encode
+    return lambda images: encode(images.to(dtype))

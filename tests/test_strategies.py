@@ -3,8 +3,8 @@ itself needs CUDA: tests/test_gpu_strategies.py runs it)."""
 import torch
 
 from aotrain import towers
-from aotrain.checkpoints import evaluation_model
 from aotrain.strategies import vectorise_scalars
+from evaluation.models import adapter_for
 
 
 def _inputs(net):
@@ -44,8 +44,8 @@ def test_evaluation_through_forward_gives_the_encoders_features():
     torch.manual_seed(0)
     net = towers.build_clip("toy-vit-micro").eval()
     images, _ = _inputs(net)
-    info = {"kind": "clip", "model_name": "toy-vit-micro"}
-    direct, forward = (evaluation_model(net, info, "cpu", through_forward=flag) for flag in (False, True))
+    tokenizer = towers.tokenizer("toy-vit-micro")
+    direct, forward = (adapter_for(net, "clip", tokenizer, "cpu", through_forward=flag) for flag in (False, True))
     torch.testing.assert_close(forward.features(images), direct.features(images), rtol=0, atol=1e-6)
     names, templates = ["red circle", "blue square"], ["a photo of a {}."]
     torch.testing.assert_close(forward.classifier(names, templates), direct.classifier(names, templates), rtol=0, atol=1e-6)

@@ -8,10 +8,11 @@ import lightning as L
 import numpy as np
 import torch
 
-from aotrain.checkpoints import evaluation_model
+from aotrain import towers
 from aotrain.export import VECTORISED_KEY
 from aotrain.modules.optim import build_optimizer
 from aotrain.strategies import configure_network, gathers_in_forward
+from evaluation.models import adapter_for
 
 
 class BaseModule(L.LightningModule):
@@ -37,8 +38,8 @@ class BaseModule(L.LightningModule):
     def evaluation_model(self, device):
         """The evaluation.models adapter of the current weights (the same one `aotrain eval` builds)."""
         strategy = self._trainer.strategy if self._trainer is not None else None
-        return evaluation_model(self.net, {"kind": self.kind, "model_name": self.hparams.model_name}, device,
-                                through_forward=gathers_in_forward(strategy))
+        return adapter_for(self.net, self.kind, towers.tokenizer(self.hparams.model_name), device,
+                           through_forward=gathers_in_forward(strategy))
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.net.parameters())
