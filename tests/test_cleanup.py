@@ -59,23 +59,35 @@ def _start(args: list[str], cwd: Path, env: dict) -> subprocess.Popen:
     return proc
 
 
-def _kill_while(proc: subprocess.Popen, ready, timeout: float = 90.0) -> list[int]:
-    """SIGKILL `proc` once ready() and it has >= 2 children; returns those children's pids."""
+def _kill_when(proc: subprocess.Popen, ready, timeout: float = 90.0, log=None):
+    """SIGKILL `proc` as soon as ready() returns something truthy, and return that; fail if `proc`
+    ends or `timeout` passes first. Either way nothing of its process group is left running."""
+    log = log or (lambda: proc.log.read_text()[-2000:])
     deadline = time.time() + timeout
     try:
-        while time.time() < deadline:
-            children = [p for p, (state, ppid, _) in _processes().items() if ppid == proc.pid and state not in "ZX"]
-            if len(children) >= 2 and ready():
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-                return children
-            assert proc.poll() is None, f"finished before it could be killed: {proc.log.read_text()[-2000:]}"
-            time.sleep(0.05)
-        pytest.fail("the workers never started")
+        while not (found := ready()):
+            assert proc.poll() is None, f"finished before it could be killed: {log()}"
+            assert time.time() < deadline, f"not ready within {timeout:.0f} s: {log()}"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return found
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def _children(proc: subprocess.Popen) -> list[int]:
+    return [p for p, (state, ppid, _) in _processes().items() if ppid == proc.pid and state not in "ZX"]
+
+
+def _kill_while(proc: subprocess.Popen, ready, timeout: float = 90.0) -> list[int]:
+    """SIGKILL `proc` once ready() and it has >= 2 children; returns those children's pids."""
+    def workers_up():
+        children = _children(proc)
+        return children if len(children) >= 2 and ready() else None
+    return _kill_when(proc, workers_up, timeout)
 
 
 def _gone_within(pids, pgid: int) -> float:
@@ -141,17 +153,7 @@ def test_kill_9_filter_label_half_file_is_swept_by_the_next_start(tmp_path, capt
     out = tmp_path / "labels" / "labels.parquet"
     args = ["filter", "label", str(captions), "--out", str(out)]
     proc = _start(args, tmp_path, {})
-    deadline = time.time() + 90
-    try:
-        while not list(out.parent.glob(".tmp-*")):
-            assert time.time() < deadline and proc.poll() is None, proc.log.read_text()[-2000:]
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    _kill_when(proc, lambda: list(out.parent.glob(".tmp-*")))
     assert list(out.parent.glob(".tmp-*")) and not out.exists()
 
     done = subprocess.run([sys.executable, "-m", "aotrain.cli", *args], cwd=tmp_path, capture_output=True, text=True)
@@ -165,17 +167,7 @@ def test_kill_9_local_sweep_stops_its_fits(tmp_path):
               "run_local([Job('cell', ['sleep', '60'], Path(sys.argv[1]))])")
     proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "cell.log")], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.time() + 60
-    try:
-        while not (fits := [p for p, (_, ppid, _) in _processes().items() if ppid == proc.pid]):
-            assert time.time() < deadline and proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    fits = _kill_when(proc, lambda: _children(proc), timeout=60, log=lambda: proc.stderr.read().decode()[-2000:])
     print(f"sweep's fit gone {_gone_within(fits, proc.pid):.2f} s after kill -9")
 
 
