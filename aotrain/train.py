@@ -23,6 +23,7 @@ from aotrain.ao_benchmark import Benchmark
 from aotrain.callbacks.evaluation import BenchmarkEvaluation
 from aotrain.callbacks.fault import fault_callbacks
 from aotrain.callbacks.step_guard import Interrupted, StepGuard, install_signal_flags, stop_at_step_boundary
+from aotrain.callbacks.step_timer import StepTimer, describe
 from aotrain.checkpoints import load_checkpoint_file
 from aotrain.config import UserError, instantiate, resolve, to_dict
 from aotrain.parity import RECORD, differences, flat_params, load_record, parity_record
@@ -208,6 +209,7 @@ def build_callbacks(cfg, run_dir: Path) -> list:
                         every_n_train_steps=every),
         LearningRateMonitor(logging_interval="step"),
         StepGuard(str(run_dir), max_bad_fraction=cfg.data.max_bad_fraction, error_log=cfg.data.error_log),
+        StepTimer(),
     ]
 
 
@@ -305,6 +307,7 @@ def fit(cfg) -> dict:
         "last_checkpoint": checkpoint.last_model_path,
         "best_checkpoint": checkpoint.best_model_path,
         "steps": trainer.global_step,
+        "step_time": next(c for c in callbacks if isinstance(c, StepTimer)).summary(),
         "metrics": evaluation.headline() if evaluation else {},
         "data_skipped": skipped,
         "subset": subset_facts(subset),
@@ -332,6 +335,8 @@ def format_summary(summary: dict) -> str:
     ]
     if summary.get("subset"):
         lines += _subset_lines(summary["subset"])
+    if summary.get("step_time"):
+        lines.append(f"steps         {describe(summary['step_time'])}")
     if summary.get("data_skipped"):
         lines.append(f"data          {summary['data_skipped']}")
     lines += [f"{k:<28}{v:.4f}" for k, v in summary["metrics"].items()]

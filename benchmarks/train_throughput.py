@@ -12,7 +12,8 @@ the pool stages and the final evaluation cancel out):
     python benchmarks/train_throughput.py --gpu --model ViT-B-32 --batch-size 256 --workers 8 \\
         --steps 10 110 --json throughput.json                  # one CUDA GPU, bf16 (gpu_acceptance.sh)
 
-On a GPU it also prints model FLOPs utilisation: the model's training FLOPs per sample (counted with
+aotrain's long run also reports where its step goes (data wait against compute, medians of its own
+step timer). On a GPU it also prints model FLOPs utilisation: the model's training FLOPs per sample (counted with
 torch.utils.flop_counter on one forward and backward) x samples/s over the chip's dense bf16 peak.
 """
 from __future__ import annotations
@@ -103,6 +104,12 @@ def gpu_peak_tflops() -> tuple[str, float | None]:
     return name, next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
 
 
+def newest_step_time(out: Path) -> dict | None:
+    """The step-time medians of the newest aotrain run under `out` (its summary.json)."""
+    summaries = sorted(out.glob("runs/*/summary.json"), key=lambda p: p.stat().st_mtime)
+    return json.loads(summaries[-1].read_text()).get("step_time") if summaries else None
+
+
 def training_shards(out: Path) -> list[Path]:
     shards = sorted(out.glob("toyworld/*/subsets/*/shards/shard-*.tar"))
     if not shards:
@@ -143,6 +150,8 @@ def main() -> None:
             per_step = (t_long - t_short) / (long - short)
             rows.append({"trainer": label, "key": key, "s_per_step": per_step,
                          "samples_per_s": args.batch_size / per_step, "wall_short_s": t_short, "wall_long_s": t_long})
+            if key == "aotrain_shards":  # the long run's own step timer (aotrain/callbacks/step_timer.py)
+                rows[-1]["step_time"] = newest_step_time(out)
             if args.json:  # so far: what a time limit leaves behind (replaced by the full figures below)
                 args.json.write_text(json.dumps({"model": args.model, "partial": True, "rows": rows}, indent=2) + "\n")
     failed = [row for row in rows if row.get("failed")]
@@ -172,6 +181,11 @@ def main() -> None:
               f"peak {figures['peak_bf16_tflops']} TFLOP/s bf16 dense (datasheet)")
     for row in failed:
         print(f"{row['trainer']:<34}failed (see its log)")
+    timing = next((row.get("step_time") for row in rows if row.get("step_time")), None)
+    if timing:  # where aotrain's step goes: is the GPU (or CPU) waiting for data?
+        print(f"aotrain's step ({timing['timed_steps']} steps of its long run, medians): "
+              f"data wait {timing['data_wait_median_s']:.3f} s + compute {timing['compute_median_s']:.3f} s "
+              f"= {timing['median_s']:.3f} s")
     figures["failed"] = [row["trainer"] for row in failed]
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
