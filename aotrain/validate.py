@@ -83,6 +83,12 @@ RULES: dict[str, dict[str, Rule]] = {
         "trainer.accumulate_grad_batches": POSITIVE_INT,
         "trainer.gradient_clip_val": or_null(number(0)),
         "trainer.log_every_n_steps": POSITIVE_INT,
+        # The sharded strategies' knobs (recipes/trainer/fsdp*.yaml); absent under a named strategy (ddp, deepspeed_*).
+        "trainer.strategy.mixed_precision": choice("auto", "bf16", "fp32"),
+        "trainer.strategy.reshard_after_forward": BOOL,
+        "trainer.strategy.activation_checkpointing": BOOL,
+        "trainer.strategy.cpu_offload": BOOL,
+        "trainer.strategy.state_dict_type": choice("sharded", "full"),
         "data.batch_size": POSITIVE_INT,
         "data.num_workers": COUNT,
         "data.shuffle_buffer": COUNT,
