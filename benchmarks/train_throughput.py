@@ -27,6 +27,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run from a checkout without install
+
+from aotrain.callbacks.step_timer import describe  # noqa: E402
 
 OPEN_CLIP_RUNNER = """
 import functools, sys, open_clip
@@ -183,9 +186,7 @@ def main() -> None:
         print(f"{row['trainer']:<34}failed (see its log)")
     timing = next((row.get("step_time") for row in rows if row.get("step_time")), None)
     if timing:  # where aotrain's step goes: is the GPU (or CPU) waiting for data?
-        print(f"aotrain's step ({timing['timed_steps']} steps of its long run, medians): "
-              f"data wait {timing['data_wait_median_s']:.3f} s + compute {timing['compute_median_s']:.3f} s "
-              f"= {timing['median_s']:.3f} s")
+        print(f"aotrain's step in its long run: {describe(timing)}")
     figures["failed"] = [row["trainer"] for row in failed]
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")

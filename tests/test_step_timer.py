@@ -44,5 +44,16 @@ def test_loader_time_is_wait_and_step_time_is_compute():
     assert "data wait" in describe(timing)
 
 
+def test_sampled_steps_are_every_nth_after_the_warmup():
+    timer = StepTimer(warmup=2, every=3)
+    trainer = L.Trainer(accelerator="cpu", max_steps=STEPS, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer])
+    trainer.fit(_SleepyModule(), DataLoader(_SlowBatches(), batch_size=None))
+    timing = timer.summary()
+    assert timing["timed_steps"] == len([s for s in range(3, STEPS + 1) if s % 3 == 0])  # steps 3, 6, 9, 12
+    assert timing["data_wait_median_s"] >= LOADER_SLEEP * 0.9 and timing["compute_median_s"] >= STEP_SLEEP
+    assert "(1 in 3)" in describe(timing)
+
+
 def test_no_timed_steps_gives_no_summary():
     assert StepTimer().summary() is None
