@@ -17,6 +17,7 @@ alone); `aotrain filter stats` turns it on unless --no-caption-diversity.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing
 from collections import Counter
@@ -24,12 +25,14 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from .batch_parse import BatchParser
 from .diversity import DistinctCounter, TemplateMasker, pair_diversity
 from .nmi import joint_stats
 from .parse import CaptionParser
 from .workers import tied_to_parent
 
 
+BATCH = 65536  # captions parsed at once: large enough for array operations, small next to memory
 COUNTERS = ("n_captions", "n_with_pair", "n_multi_pair", "n_malformed", "n_not_downloaded")
 
 
@@ -161,35 +164,53 @@ class PairCounts:
 
 
 def count_captions(captions: Iterable, parser: CaptionParser, caption_diversity: bool = False) -> PairCounts:
-    """Count an iterable of captions or (uid, caption) tuples; adds `.malformed` of a CaptionStream."""
-    counts = PairCounts(parser.vocab.attributes, parser.vocab.objects, caption_diversity)
-    parse, joint, all_pairs = parser.pairs, counts.joint, counts.all_pairs
-    if caption_diversity:
-        add_caption, add_template = counts.captions.add, counts.templates.add
-        template = TemplateMasker(parser.vocab).template
-    n = with_pair = multi = 0
-    # Same policy as PairCounts.add, inlined with local variables: this loop runs per caption.
-    for item in captions:
-        n += 1
-        text = item[1] if item.__class__ is tuple else item
-        pairs = parse(text)
-        if pairs:
-            with_pair += 1
-            first = pairs[0]
-            if len(pairs) == 1 or all(p == first for p in pairs):
-                joint[first] = joint.get(first, 0) + 1
-                all_pairs[first] = all_pairs.get(first, 0) + 1
-                if caption_diversity:
-                    add_caption(text)
-                    add_template(template(text, *first))
-            else:
-                multi += 1
-                for p in set(pairs):
-                    all_pairs[p] = all_pairs.get(p, 0) + 1
-    counts.n_captions, counts.n_with_pair, counts.n_multi_pair = n, with_pair, multi
+    """Count an iterable of captions or (uid, caption) tuples; adds `.malformed` of a CaptionStream.
+
+    Captions are parsed in batches (data_filters/batch_parse.py: the parser's rules as array operations).
+    """
+    vocab = parser.vocab
+    counts = PairCounts(vocab.attributes, vocab.objects, caption_diversity)
+    batch_parser = BatchParser.of(parser)
+    n_objects = len(vocab.objects)
+    joint = np.zeros(len(vocab.attributes) * n_objects, np.int64)  # flat [A * O] pair codes
+    all_pairs = np.zeros_like(joint)
+    template = TemplateMasker(vocab).template if caption_diversity else None
+    for texts in _batches(captions, BATCH):
+        found = batch_parser.pairs(texts)
+        counts.n_captions += len(texts)
+        # distinct (caption, pair) rows: how many pairs each caption holds decides labelled vs ambiguous
+        code = found.attribute * n_objects + found.obj
+        rows = np.unique(found.caption * len(joint) + code)
+        caption, code = np.divmod(rows, len(joint))
+        distinct = np.bincount(caption, minlength=len(texts))
+        one = distinct[caption] == 1
+        counts.n_with_pair += int((distinct > 0).sum())
+        counts.n_multi_pair += int((distinct > 1).sum())
+        joint += np.bincount(code[one], minlength=len(joint))
+        all_pairs += np.bincount(code, minlength=len(joint))
+        if caption_diversity:
+            for i, c in zip(caption[one].tolist(), code[one].tolist()):
+                counts.captions.add(texts[i])
+                counts.templates.add(template(texts[i], vocab.attributes[c // n_objects], vocab.objects[c % n_objects]))
+    for table, counter in ((joint, counts.joint), (all_pairs, counts.all_pairs)):
+        seen = np.flatnonzero(table)
+        names = zip(map(vocab.attributes.__getitem__, (seen // n_objects).tolist()),
+                    map(vocab.objects.__getitem__, (seen % n_objects).tolist()))
+        counter.update(dict(zip(names, table[seen].tolist())))
     counts.n_malformed += getattr(captions, "malformed", 0)
     counts.n_not_downloaded += getattr(captions, "not_downloaded", 0)
     return counts
+
+
+def _batches(captions: Iterable, size: int):
+    """Lists of up to `size` caption texts (the text of (uid, caption) tuples)."""
+    if isinstance(captions, list) and all(type(c) is str for c in captions[:1]):
+        for start in range(0, len(captions), size):  # a list of texts: slices, no per-item work
+            yield captions[start:start + size]
+        return
+    items = iter(captions)
+    while batch := [item[1] if item.__class__ is tuple else item for item in itertools.islice(items, size)]:
+        yield batch
 
 
 # ------------------------------------------------------------ parallel over files
