@@ -47,9 +47,11 @@ class CaptionStream:
     files; `.malformed`, `.not_downloaded` and `.rows` count what was read so far."""
 
     def __init__(self, path_or_paths, uid_column: str | None = None, caption_column: str = "caption",
-                 with_hashes: bool = False):
+                 with_hashes: bool = False, row_groups: tuple[int, ...] | None = None):
         pool = path_or_paths if isinstance(path_or_paths, Pool) else open_pool(path_or_paths, uid_column)
         self.pool, self.files = pool, list(pool.caption_files)
+        # Only these row groups of a single parquet file (a part, see caption_parts); uids stay the file's.
+        self.row_groups = row_groups
         self.uid_column, self.caption_column = uid_column, caption_column
         self.with_hashes = with_hashes
         self.malformed = 0
@@ -82,7 +84,7 @@ class CaptionStream:
         if fmt == "parquet":
             pf = pq.ParquetFile(path)
             names = pf.schema_arrow.names
-            return names, lambda cols: pf.iter_batches(batch_size=BATCH_ROWS, columns=cols)
+            return names, lambda cols: pf.iter_batches(batch_size=BATCH_ROWS, columns=cols, row_groups=self.row_groups)
         if fmt == "arrow":
             source = pa.memory_map(str(path))
             try:
@@ -122,7 +124,10 @@ class CaptionStream:
         status = "status" if "status" in names else None
         if status:
             cols.append(status)
-        row = 0
+        row = 0  # row number in the file: the uid of a table without a uid column
+        if self.row_groups:
+            meta = pq.ParquetFile(path).metadata
+            row = sum(meta.row_group(g).num_rows for g in range(self.row_groups[0]))
         for batch in batches(cols):
             captions = batch.column(0).to_pylist()
             uids = batch.column(cols.index(uid)).to_pylist() if uid else range(row, row + len(captions))
@@ -239,6 +244,28 @@ def csv_batches(path: Path, delimiter: str, names: list[str], cols: list[str], c
             columns = [[] for _ in cols]
     if columns[0]:
         yield pa.record_batch([pa.array(c, t) for c, t in zip(columns, types)], names=cols)
+
+
+def caption_parts(pool: Pool, rows_per_part: int = 1 << 18) -> list[tuple[Path, tuple[int, ...] | None]]:
+    """The pool's caption files cut into parts that processes can read on their own, in reading order:
+    (file, None) for a whole file, (parquet file, row groups) for runs of about `rows_per_part` rows."""
+    parts: list[tuple[Path, tuple[int, ...] | None]] = []
+    for path in pool.caption_files:
+        try:
+            meta = pq.ParquetFile(path).metadata if file_format(path) == "parquet" else None
+        except (pa.ArrowInvalid, OSError):
+            meta = None  # unreadable: a whole-file part, whose reading says what is wrong
+        if meta is None or meta.num_row_groups < 2 or meta.num_rows <= rows_per_part:
+            parts.append((path, None))
+            continue
+        run, rows = [], 0
+        for g in range(meta.num_row_groups):
+            run.append(g)
+            rows += meta.row_group(g).num_rows
+            if rows >= rows_per_part or g == meta.num_row_groups - 1:
+                parts.append((path, tuple(run)))
+                run, rows = [], 0
+    return parts
 
 
 def iter_captions(path_or_paths, uid_column: str | None = None, caption_column: str = "caption",
