@@ -5,9 +5,14 @@
 Captions are synthetic and deterministic (10-20 words from a mix of common caption words and the
 builtin vocabulary; about 40% contain an "attribute [word] object" phrase). Each worker process
 generates its chunks and then parses/counts them; generation and parsing are timed separately.
-The baseline is the paper's approach: for every caption, `f"{a} {o}" in caption` for every
-(attribute, object) pair of the vocabulary (phrases precomputed, which only helps the baseline).
-It is far too slow for all captions, so it is timed on --baseline-sample captions and extrapolated.
+Parsing is data_filters' batch parser (data_filters/batch_parse.py, through count_captions). Two
+baselines, timed in this process on a sample of the same captions and extrapolated:
+  * the reference parser (data_filters/parse.py CaptionParser, one caption at a time in Python: the
+    path every caption took before the batch parser, and the one it is tested against), counted into
+    PairCounts caption by caption, on --reference-sample captions; its counts must equal the batch
+    path's on that sample (checked here, so a figure never comes from a parser that disagrees);
+  * the paper's approach: for every caption, `f"{a} {o}" in caption` for every (attribute, object)
+    pair of the vocabulary (phrases precomputed, which only helps it), on --baseline-sample captions.
 """
 from __future__ import annotations
 
@@ -84,6 +89,19 @@ def _work(job: tuple[int, int]):
     return counts, t1 - t0, time.perf_counter() - t1, time.process_time() - c1
 
 
+def reference_rate(parser: CaptionParser, captions: list[str]) -> float:
+    """Captions per CPU-second of the reference parser counting caption by caption; raises if its
+    counts differ from count_captions' (the batch parser) on the same captions."""
+    counts = PairCounts(parser.vocab.attributes, parser.vocab.objects)
+    start = time.process_time()
+    for caption in captions:
+        counts.add(parser.pairs(caption))
+    rate = len(captions) / (time.process_time() - start)
+    if counts != count_captions(captions, parser):
+        raise SystemExit("the batch parser's counts differ from the reference parser's: figures withheld")
+    return rate
+
+
 def naive_pairs(caption: str, phrases: list[tuple[str, str, str]]) -> list[tuple[str, str]]:
     text = caption.lower()
     return [(a, o) for a, o, p in phrases if p in text]
@@ -94,6 +112,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=10_000_000, help="captions (default 10,000,000)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--baseline-sample", type=int, default=100, help="captions timed for the naive baseline")
+    ap.add_argument("--reference-sample", type=int, default=50_000,
+                    help="captions timed for the reference parser (default 50,000)")
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -112,6 +132,7 @@ def main(argv=None) -> int:
 
     _init()
     vocab = _STATE["parser"].vocab
+    ref_per_cpu_s = reference_rate(_STATE["parser"], generate(10**9 + 1, args.reference_sample, *_STATE["words"]))
     phrases = [(a, o, f"{a} {o}") for a in vocab.attributes for o in vocab.objects]
     sample = generate(10**9, args.baseline_sample, *_STATE["words"])
     tb = time.perf_counter()
@@ -131,6 +152,8 @@ def main(argv=None) -> int:
     # CPU time does not grow when other jobs share the cores; wall time does.
     print(f"  CPU time: {parse_cpu:.1f} s -> {args.n / parse_cpu:,.0f} captions per CPU-second; "
           f"projected {10_000_000 / (args.n / parse_cpu) / args.workers:.0f} s for 10M captions on {args.workers} free cores")
+    print(f"reference parser, one caption at a time (same counts on {args.reference_sample:,} captions, checked): "
+          f"{ref_per_cpu_s:,.0f} captions per CPU-second -> batch parser {args.n / parse_cpu / ref_per_cpu_s:.1f}x")
     print(f"naive baseline ({len(phrases):,} substring tests/caption), timed on {len(sample)} captions and "
           f"EXTRAPOLATED: {per_caption * 1e3:.2f} ms/caption -> {naive_wall:,.0f} s for {args.n:,} on "
           f"{args.workers} workers ({1 / per_caption * args.workers:,.0f} captions/s)")

@@ -4,22 +4,23 @@
 
 data_filters/parse.py's CaptionParser is the reference: its docstring states the rules, and this
 module gives the same pairs for every caption (tests/test_batch_parse.py compares them caption by
-caption). The reference walks each caption in Python, about 7 microseconds a caption; here every
-step is one array operation over the batch's bytes or tokens:
+caption). The reference walks each caption in Python; here every step is a few array operations over
+the batch's bytes or tokens (4-5x less CPU per caption, benchmarks/parse_throughput.py):
 
-  1. bytes -> classes (letter/digit, boundary punctuation, separator) with a 256-entry table,
-     lowercased with another; token starts and ends where the class changes;
-  2. tokens -> vocabulary token ids with one Arrow hash lookup (`pc.index_in`);
+  1. bytes: Arrow lowercases the batch; letters/digits and boundary characters are found by
+     comparisons, and a token starts or ends where that changes (or where a caption starts);
+  2. tokens -> vocabulary token ids: a token's first 8 bytes are read as one integer (the token
+     itself when it is no longer) and looked up with one Arrow hash lookup; longer tokens as strings;
   3. multi-word names: the token ids of k consecutive tokens packed into one int64 and looked up
-     among the vocabulary's k-word names; the words inside a name are then dropped, so what is left
-     is the reference's "units" (a multi-word name counts as one word);
-  4. the rules: "next object" and "next boundary" after every unit from a reversed running minimum,
-     an attribute pairs with the next object when no boundary comes first and the gap is within the
-     window; a word that is both an attribute and an object looks ahead the same way.
+     among the vocabulary's k-word names; the words inside a name are then dropped, and the rest
+     numbered as the reference counts words (a multi-word name counts as one);
+  4. the rules, over vocabulary tokens only: each attribute's next object and next boundary by
+     binary search; it pairs when the object comes first and at most `window` words lie between;
+     a word that is both an attribute and an object looks ahead the same way.
 
 Captions the arrays would get wrong go to the reference parser instead: any non-ASCII byte (Unicode
 lowercasing and word characters), and multi-word names overlapping each other (the reference's
-left-to-right choice). In web captions both are a few percent at most.
+left-to-right choice). In English web captions both are a few percent at most.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from .parse import BOUNDARY_CHARS, BOUNDARY_WORDS, CaptionParser
 _PUNCT_BYTE = np.zeros(256, bool)  # the boundary characters: tokens of their own
 _PUNCT_BYTE[[ord(ch) for ch in BOUNDARY_CHARS]] = True
 _LOW_BYTES = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [2**64 - 1], np.uint64)  # keep k bytes
-_NONE = np.iinfo(np.int64).max  # "no such unit" in the next-unit arrays
+_NONE = np.iinfo(np.int64).max  # "no such entry" in _first_after
 
 
 class Pairs:
@@ -141,8 +142,7 @@ class BatchParser:
         offsets -= offsets[0]
         # Non-ASCII captions go to the reference (Unicode lowercasing and word characters).
         wide = np.flatnonzero(data >= 128)
-        fallback = set(np.searchsorted(offsets, wide, "right").tolist()) if len(wide) else set()
-        fallback = {i - 1 for i in fallback}
+        fallback = set((np.unique(np.searchsorted(offsets, wide, "right")) - 1).tolist())
         starts, ends, punct = _token_bounds(data, offsets)
         ids = self._lookup(data, starts, ends, punct)
         tok_caption = np.repeat(np.arange(n), np.diff(np.searchsorted(starts, offsets)))
