@@ -2,6 +2,7 @@
 
     bench = Benchmark.from_config(cfg.eval, model_name="toy-vit-tiny")
     result = bench.run(ZeroShotModel(module.encode_image, module.encode_text, tokenizer))
+    result = bench.run(adapter, rank_slice=RankSlice.of_process_group())   # every rank of a DDP group
 
 Keys of the section (recipes/eval/*.yaml; `aotrain eval` takes the same ones):
   benchmarks   a folder (one split, or one split per sub-folder) or {split: folder}
@@ -25,6 +26,7 @@ from typing import Mapping
 from aotrain import towers
 from data_filters.contamination import training_pairs
 from data_filters.vocab import Vocabulary, load_vocabulary
+from evaluation.distributed import RankSlice
 from evaluation.evaluate import EvalResult, evaluate
 from evaluation.imagenet_ao import AOFolder, load_benchmark
 from evaluation.zero_shot import resolve_templates
@@ -69,10 +71,12 @@ class Benchmark:
             line += f"; {info['unresolved']} of the unseen are not pairs of vocabulary {words}"
         return line + ")"
 
-    def run(self, model, progress: bool = False) -> EvalResult:
+    def run(self, model, progress: bool = False, rank_slice: RankSlice = RankSlice()) -> EvalResult:
+        """The whole benchmark's result; with `rank_slice` (every rank of a process group), this rank
+        encodes only its slice of the images (evaluation/distributed.py)."""
         return evaluate(model, self.splits, self.templates, open_world=self.open_world, seen_pairs=self.seen_pairs,
                         vocab=self.vocab, batch_size=self.batch_size, num_workers=self.num_workers,
-                        progress=progress)
+                        progress=progress, rank_slice=rank_slice)
 
 
 def _seen_pairs(splits: dict[str, AOFolder], source: str, vocab: Vocabulary | None,

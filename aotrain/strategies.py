@@ -64,7 +64,8 @@ def full_parameters(strategy):
     parameters; under FSDP2 and ZeRO-3 it does nothing, as the sharded network's forward gathers
     them module by module (FSDP2 also in encode_image/encode_text; ZeRO-3 evaluation goes through
     forward, `gathers_in_forward`). None when each rank already holds them (single device, DDP,
-    ZeRO-1/2): then rank 0 alone evaluates.
+    ZeRO-1/2): then no forward is a collective. Either way each rank encodes its slice of the
+    benchmark (aotrain/callbacks/evaluation.py); with a context, in lockstep.
 
         with full_parameters(trainer.strategy) or contextlib.nullcontext(): ...
     """

@@ -14,9 +14,12 @@ Usage::
 Modules: ``imagenet_ao`` (folders -> datasets), ``models`` (ZeroShotModel / HeadModel adapters,
 text-classifier cache), ``zero_shot`` (text classifier, templates), ``metrics`` (top-k helpers),
 ``czsl`` (calibration-bias sweep), ``robustness`` (effective robustness fit), ``evaluate`` (the
-protocol and metric names). ``aotrain eval`` and the training callback both call ``evaluate``.
+protocol and metric names), ``distributed`` (each rank of a process group encodes a slice of the
+images and prompts; all get the one-process result). ``aotrain eval`` and the training callback
+both call ``evaluate``.
 """
 
+from .distributed import RankSlice
 from .evaluate import EvalResult, evaluate
 from .imagenet_ao import AOFolder, UnreadableImageError, load_benchmark, parse_pair_name, split_folders
 from .metrics import class_mean_accuracy, per_class_accuracy
@@ -28,6 +31,7 @@ __all__ = [
     "EvalResult",
     "HeadModel",
     "OPENAI_IMAGENET_TEMPLATES",
+    "RankSlice",
     "SIMPLE_TEMPLATES",
     "UnreadableImageError",
     "ZeroShotModel",

@@ -8,6 +8,8 @@ Usage::
     result = evaluate(ZeroShotModel(model.encode_image, model.encode_text, tokenizer), splits, templates)
     result.metrics["unseen/pair_top1"]
     result.write("runs/x/eval")   # metrics.json, eval_table.{csv,md}, czsl_curve.{csv,png}, contamination.json
+    # in every rank of a process group (DDP): each encodes a slice of the images, all get this result
+    result = evaluate(model, splits, templates, rank_slice=RankSlice.of_process_group())
 
 Tasks (zero-shot models; logits = ``logit_scale * image @ classifier.T``, unit vectors both sides):
   * ``pair``: closed world, the candidate pairs = the sorted union of every split's pairs
@@ -48,6 +50,7 @@ from data_filters.files import write_text_atomic
 from data_filters.vocab import Vocabulary, phrase
 
 from .czsl import CZSLCurve, czsl_curve
+from .distributed import RankSlice, gather_rows
 from .imagenet_ao import AOFolder
 from .metrics import class_mean_accuracy, per_class_accuracy
 from .models import HeadModel, ZeroShotModel
@@ -69,6 +72,7 @@ class EvalResult:
     candidate_pairs: list[tuple[str, str]] = field(default_factory=list)
     czsl: CZSLCurve | None = None
     contamination: dict | None = None
+    images_scored: int | None = None  # images this process encoded: all of them, or its rank's slice
 
     def headline(self) -> dict[str, float]:
         """The numbers a person reads first: top-1 of every task per group, CZSL, then chance levels."""
@@ -148,20 +152,14 @@ def _head_columns(task: str, classes: Sequence[str], names: list[str], vocab: Vo
 
 def _score(model, splits: Mapping[str, AOFolder], candidates, attributes, objects, templates, object_templates,
            attribute_templates, open_world: bool, logit_scale: float, batch_size: int, num_workers: int,
-           progress: bool, vocab: Vocabulary | None) -> _Scores:
+           progress: bool, vocab: Vocabulary | None, rank_slice: RankSlice) -> tuple[_Scores, int]:
+    """(every image's scores, in the one-process order; how many images this rank encoded)."""
     pair_idx = {p: i for i, p in enumerate(candidates)}
     attr_idx = {a: i for i, a in enumerate(attributes)}
     obj_idx = {o: i for i, o in enumerate(objects)}
     if isinstance(model, ZeroShotModel):
-        # The open-world grid holds every closed-world pair: encode it once and take the closed rows.
-        grid = [(a, o) for a in attributes for o in objects]
-        names = [f"{a} {o}" for a, o in (grid if open_world else candidates)]
-        w_all = model.classifier(names, templates)  # [A*O or P, D]
-        rows = [attr_idx[a] * len(objects) + obj_idx[o] for a, o in candidates] if open_world else list(range(len(candidates)))
-        weights = {"pair": w_all[rows], "object": model.classifier(objects, object_templates or templates),
-                   "attribute": model.classifier([f"{a} object" for a in attributes], attribute_templates or templates)}
-        if open_world:
-            weights["pair_open"] = w_all
+        weights = _text_weights(model, candidates, attributes, objects, templates, object_templates,
+                                attribute_templates, open_world, rank_slice)
     else:
         wanted = {"object": objects, "attribute": attributes}
         unknown = set(model.classes) - set(wanted)
@@ -169,10 +167,15 @@ def _score(model, splits: Mapping[str, AOFolder], candidates, attributes, object
             raise ValueError(f"head tasks {sorted(unknown)} are not evaluated: heads may be object, attribute")
         head_cols = {task: torch.tensor(_head_columns(task, classes, wanted[task], vocab))
                      for task, classes in model.classes.items()}
+    classes = head_cols if isinstance(model, HeadModel) else weights  # task -> [C, ...], one row per class
+    widths = {task: min(TOP_K, len(c)) for task, c in classes.items()}  # top-k columns per task
 
-    split_names, targets, tops, pair_scores = [], {t: [] for t in TASKS}, {t: [] for t in TASKS}, []
-    for name, ds in splits.items():
-        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+    names, sizes = list(splits), [len(ds) for ds in splits.values()]
+    split_ids, targets, tops, pair_scores = [], {t: [] for t in TASKS}, {t: [] for t in widths}, []
+    for i, start, stop in rank_slice.ranges(sizes, batch_size):  # the whole benchmark in one process
+        name, ds = names[i], splits[names[i]]
+        part = ds if (start, stop) == (0, len(ds)) else torch.utils.data.Subset(ds, range(start, stop))
+        loader = torch.utils.data.DataLoader(part, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                              pin_memory=torch.device(model.device).type == "cuda")
         if progress:
             from tqdm.auto import tqdm
@@ -182,14 +185,14 @@ def _score(model, splits: Mapping[str, AOFolder], candidates, attributes, object
         to_attr = torch.tensor([attr_idx[a] for a, _ in ds.pairs])
         to_obj = torch.tensor([obj_idx[o] for _, o in ds.pairs])
         for images, local in loader:
-            feats = model.features(images)  # [B, D] unit features, or [B, H] head logits
+            feats = model.features(images)  # [B, D] unit features, or {task: [B, H]} head logits
             targets["pair"].append(to_pair[local])
             targets["attribute"].append(to_attr[local])
             targets["object"].append(to_obj[local])
             targets["pair_open"].append(to_attr[local] * len(objects) + to_obj[local])
-            split_names += [name] * len(local)
+            split_ids.append(torch.full((len(local),), i))
             if isinstance(model, HeadModel):
-                for task, cols in head_cols.items():  # feats: {task: [B, H]} head logits
+                for task, cols in head_cols.items():
                     tops[task].append(_top(feats[task][:, cols]))  # [B, <=5] over the benchmark's classes
                 continue
             for task, w in weights.items():
@@ -197,14 +200,48 @@ def _score(model, splits: Mapping[str, AOFolder], candidates, attributes, object
                 tops[task].append(_top(logits))
                 if task == "pair":
                     pair_scores.append(logits)
-    if not split_names:
+    for _ in range(rank_slice.idle_calls(sizes, batch_size)):  # sharded weights: every rank joins every forward
+        model.features(splits[names[0]][0][0].unsqueeze(0))  # [1, 3, H, W], result dropped
+
+    rows = {"split": _cat(split_ids, ())}  # [n] split index per image
+    rows.update({f"target/{t}": _cat(v, ()) for t, v in targets.items()})  # [n] class index
+    rows.update({f"top/{t}": _cat(tops[t], (k,)) for t, k in widths.items()})  # [n, k] best classes first
+    if isinstance(model, ZeroShotModel):  # the CZSL sweep needs every image's closed-world pair scores
+        rows["pair_scores"] = _cat(pair_scores, (len(candidates),), torch.float32)  # [n, P]
+    scored = len(rows["split"])
+    if rank_slice.world_size > 1:
+        rows = {key: gather_rows(r) for key, r in rows.items()}  # every rank's rows, in rank order
+    if not len(rows["split"]):
         raise ValueError("the benchmark has no images")
     return _Scores(
-        split=split_names,
-        targets={t: torch.cat(v) for t, v in targets.items()},
-        top={t: torch.cat(v) for t, v in tops.items() if v},
-        pair_scores=torch.cat(pair_scores) if pair_scores else None,
-    )
+        split=[names[i] for i in rows["split"].tolist()],
+        targets={t: rows[f"target/{t}"] for t in TASKS},
+        top={t: rows[f"top/{t}"] for t in widths},
+        pair_scores=rows.get("pair_scores"),
+    ), scored
+
+
+def _text_weights(model: ZeroShotModel, candidates, attributes, objects, templates, object_templates,
+                  attribute_templates, open_world: bool, rank_slice: RankSlice) -> dict[str, torch.Tensor]:
+    """{task: [C, D] unit text classifier} of a zero-shot model, each rank encoding a slice of the prompts."""
+    attr_idx = {a: i for i, a in enumerate(attributes)}
+    obj_idx = {o: i for i, o in enumerate(objects)}
+    # The open-world grid holds every closed-world pair: encode it once and take the closed rows.
+    grid = [(a, o) for a in attributes for o in objects]
+    names = [f"{a} {o}" for a, o in (grid if open_world else candidates)]
+    w_all = model.classifier(names, templates, rank_slice)  # [A*O or P, D]
+    rows = [attr_idx[a] * len(objects) + obj_idx[o] for a, o in candidates] if open_world else list(range(len(candidates)))
+    weights = {"pair": w_all[rows], "object": model.classifier(objects, object_templates or templates, rank_slice),
+               "attribute": model.classifier([f"{a} object" for a in attributes], attribute_templates or templates,
+                                             rank_slice)}
+    if open_world:
+        weights["pair_open"] = w_all
+    return weights
+
+
+def _cat(parts: list[torch.Tensor], row_shape: tuple[int, ...], dtype=torch.long) -> torch.Tensor:
+    """The rows of `parts` as one tensor; [0, *row_shape] when this rank scored no image."""
+    return torch.cat(parts) if parts else torch.empty((0, *row_shape), dtype=dtype)
 
 
 # ------------------------------------------------------------------ protocol
@@ -301,11 +338,14 @@ def evaluate(
     batch_size: int = 256,
     num_workers: int = 0,
     progress: bool = False,
+    rank_slice: RankSlice = RankSlice(),
 ) -> EvalResult:
     """Every task, metric and check of the module doc, for one model on one benchmark's splits.
 
     ``seen_pairs``: the (attribute, object) pairs of the training data (a set, or a mapping to counts),
     in the same canonical names as the splits' pairs. ``vocab`` maps head class names to objects.
+    ``rank_slice``: in a process group, this rank's part of the images (evaluation/distributed.py);
+    every rank gets the whole benchmark's result, equal to one process's.
     """
     if not splits:
         raise ValueError("evaluate needs at least one split")
@@ -316,8 +356,9 @@ def evaluate(
     n_classes = {"pair": len(candidates), "pair_open": len(attributes) * len(objects),
                  "object": len(objects), "attribute": len(attributes)}
 
-    scores = _score(model, splits, candidates, attributes, objects, templates, object_templates,
-                    attribute_templates, open_world, logit_scale, batch_size, num_workers, progress, vocab)
+    scores, scored = _score(model, splits, candidates, attributes, objects, templates, object_templates,
+                            attribute_templates, open_world, logit_scale, batch_size, num_workers, progress, vocab,
+                            rank_slice)
     status = _seen_status(splits, candidates, seen_pairs)
     metrics: dict[str, float] = {"n_candidate_pairs": float(len(candidates)),
                                  "n_open_pairs": float(n_classes["pair_open"])}
@@ -337,4 +378,4 @@ def evaluate(
         contamination = _contamination(splits, candidates, seen_pairs)
         metrics["contamination/pairs_in_training"] = float(contamination["pairs_in_training"])
     return EvalResult(metrics, _table(scores, splits, candidates, status, n_classes), candidates, curve,
-                      contamination)
+                      contamination, images_scored=scored)

@@ -22,6 +22,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from .distributed import RankSlice
 from .zero_shot import Template, format_prompt, text_classifier
 
 
@@ -41,12 +42,15 @@ class ZeroShotModel:
     text_batch_size: int = 256
     _cache: dict = field(default_factory=dict, repr=False)
 
-    def classifier(self, classnames: Sequence[str], templates: Sequence[Template]) -> torch.Tensor:
-        """[C, D] unit class embeddings (float32, CPU), encoded at most once per (classnames, templates)."""
+    def classifier(self, classnames: Sequence[str], templates: Sequence[Template],
+                   rank_slice: RankSlice = RankSlice()) -> torch.Tensor:
+        """[C, D] unit class embeddings (float32, CPU), encoded at most once per (classnames, templates);
+        with `rank_slice`, each rank of a process group encodes a slice of the prompts (the same result)."""
         key = (tuple(classnames), template_key(templates))
         if key not in self._cache:
             self._cache[key] = text_classifier(self.encode_text, self.tokenizer, list(classnames), templates,
-                                               batch_size=self.text_batch_size, device=self.device)
+                                               batch_size=self.text_batch_size, device=self.device,
+                                               rank_slice=rank_slice)
         return self._cache[key]
 
     def clear_cache(self) -> None:

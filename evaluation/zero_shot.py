@@ -18,10 +18,12 @@ model in eval mode yourself (it only sees a bound method).
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence, Union
+from typing import Callable, Sequence, Union
 
 import torch
 import torch.nn.functional as F
+
+from .distributed import RankSlice, gather_rows
 
 Template = Union[str, Callable[[str], str]]
 
@@ -62,11 +64,6 @@ def format_prompt(template: Template, classname: str) -> str:
     return template.format(classname)
 
 
-def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 @torch.no_grad()
 def text_classifier(
     encode_text: Callable[[torch.Tensor], torch.Tensor],
@@ -75,20 +72,30 @@ def text_classifier(
     templates: Sequence[Template],
     batch_size: int = 256,
     device: str | torch.device = "cpu",
+    rank_slice: RankSlice = RankSlice(),
 ) -> torch.Tensor:
     """[C, D] L2-normalised class embeddings (float32, CPU).
 
     For each class: format every template, encode, L2-normalise each prompt
     feature, average over templates, renormalise.  All C*T prompts are encoded
-    in batches of ``batch_size``.
+    in batches of ``batch_size``; with ``rank_slice`` (every rank of a process
+    group) each rank encodes a run of those batches and all gather the prompt
+    features, so every rank returns bitwise what one process does
+    (evaluation/distributed.py).
     """
     if not classnames or not templates:
         raise ValueError("text_classifier needs at least one class name and one template")
     # Class-major order, so a reshape to [C, T, D] groups each class's prompts.
     prompts = [format_prompt(t, c) for c in classnames for t in templates]
-    feats = []
-    for chunk in _batches(prompts, batch_size):
+
+    def encode(chunk: Sequence[str]) -> torch.Tensor:
         tokens = tokenizer(list(chunk)).to(device)  # [B, L]
-        feats.append(F.normalize(encode_text(tokens).float(), dim=-1).cpu())  # [B, D]
+        return F.normalize(encode_text(tokens).float(), dim=-1).cpu()  # [B, D]
+
+    feats = [encode(prompts[start:stop]) for _, start, stop in rank_slice.batches([len(prompts)], batch_size)]
+    for _ in range(rank_slice.idle_calls([len(prompts)], batch_size)):  # sharded weights: join every forward
+        encode(prompts[:1])
+    if rank_slice.world_size > 1:  # every rank's [n_r, D] rows, in prompt order; [0, 0]: a rank with no batch
+        feats = [gather_rows(torch.cat(feats) if feats else torch.empty(0, 0))]  # [C*T, D]
     per_prompt = torch.cat(feats).view(len(classnames), len(templates), -1)  # [C, T, D]
     return F.normalize(per_prompt.mean(dim=1), dim=-1)  # [C, D]

@@ -99,8 +99,10 @@ def test_resampled_streams_have_equal_quotas(pool, monkeypatch):
 
 
 def test_two_process_ddp_fit_through_the_cli(tmp_path):
+    # eval.batch_size=32: the smoke benchmark's 40 unseen and 100 seen images are 6 batches, 3 per rank.
     proc = run_cli("fit", "debug=smoke", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-                   "trainer.precision=32-true", "data.batch_size=16", root=tmp_path, timeout=900)
+                   "trainer.precision=32-true", "data.batch_size=16", "eval.batch_size=32", root=tmp_path,
+                   timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1  # both ranks wrote into one run folder
@@ -111,6 +113,22 @@ def test_two_process_ddp_fit_through_the_cli(tmp_path):
     assert run.data.params["batch_size"] == "16" and json.loads((runs[0] / "parity.json").read_text())[
         "global_batch"] == 32
     assert "eval/unseen/pair_top1" in run.data.metrics
+
+    # Each rank encoded its slice: rank 0 the unseen split's 2 batches and the seen split's first, rank 1
+    # the seen split's other 3 (at each evaluation: steps 2 and 4).
+    for step in (2, 4):
+        assert f"eval: step {step}, rank 0 of 2 encoded 72 of 140 images" in proc.stderr, proc.stderr[-3000:]
+        assert f"eval: step {step}, rank 1 of 2 encoded 68 of 140 images" in proc.stderr
+    # The gathered metrics are one process's: `aotrain eval` of the same weights, the same batches (the
+    # run's eval.batch_size). Equal to the last bit, the CZSL curve's bias midpoints included.
+    last = runs[0] / "checkpoints" / "last.ckpt"
+    alone = run_cli("eval", f"checkpoint={last}", f"out={tmp_path / 'alone'}", root=tmp_path)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    in_training = json.loads((runs[0] / "eval" / "metrics.json").read_text())
+    assert json.loads((tmp_path / "alone" / "metrics.json").read_text()) == in_training and len(in_training) > 20
+    assert (tmp_path / "alone" / "eval_table.csv").read_text() == (runs[0] / "eval" / "eval_table.csv").read_text()
+    assert (tmp_path / "alone" / "czsl_curve.csv").read_text() == (runs[0] / "eval" / "czsl_curve.csv").read_text()
+    assert run.data.metrics["eval/czsl/auc"] == in_training["czsl/auc"]
 
 
 STRATEGIES = ["ddp", "fsdp", "fsdp_offload", "fsdp2", "fsdp2_offload", "deepspeed_stage_2", "deepspeed_stage_3",

@@ -13,7 +13,10 @@ from mlflow.tracking import MlflowClient
 from aotrain.export import consolidate
 from conftest import REPO, run_cli
 
-ARGS = ("fit", "debug=smoke", "trainer=fsdp2", "trainer.devices=2", "trainer.max_steps=6", "eval.every_n_steps=2")
+# eval.batch_size=64: the smoke benchmark (40 unseen, 100 seen images) is 3 batches, so rank 0 encodes one
+# and joins rank 1's second forward with a dummy one (every FSDP2 forward gathers weights: a collective).
+ARGS = ("fit", "debug=smoke", "trainer=fsdp2", "trainer.devices=2", "trainer.max_steps=6", "eval.every_n_steps=2",
+        "eval.batch_size=64")
 # Same global batches, one process vs two: measured differences are <= 2.4e-6 in any weight and
 # <= 1.5e-6 in a step's loss (float32 summation order: a gathered loss, all-reduce vs reduce-scatter).
 # 1e-5 is 1% of one AdamW step at the smoke lr (1e-3): a wrong gradient, a missed reduction or a
@@ -59,10 +62,15 @@ def test_exported_checkpoint_evaluates_to_the_callbacks_metrics(full_run):
     in_training = json.loads((run_dir / "eval" / "metrics.json").read_text())
     exported_metrics = json.loads((root / "exported_eval" / "metrics.json").read_text())
     # The callback evaluated the sharded network on both ranks (each block's weights gathered in
-    # its forward); eval, the consolidated file in one process. Same weights, same images: equal
-    # accuracies (a single changed prediction would move one by 1/N).
+    # its forward), each rank a slice of the images; eval, the consolidated file in one process.
+    # Same weights, same batches: equal numbers (a single changed prediction would move one by 1/N)...
     assert exported_metrics.keys() == in_training.keys() and len(in_training) > 20
     assert exported_metrics == in_training
+    # ... each rank having encoded its slice only (in lockstep), at every evaluation.
+    stderr = full_run[2].stderr
+    for step in (2, 4, 6):
+        assert f"eval: step {step}, rank 0 of 2 encoded 40 of 140 images" in stderr, stderr[-3000:]
+        assert f"eval: step {step}, rank 1 of 2 encoded 100 of 140 images" in stderr
 
 
 def test_kill9_and_resume_give_the_uninterrupted_runs_exact_weights(full_run):

@@ -2,16 +2,29 @@
 `every_n_steps` optimizer steps and at the end.
 
 Metrics go to the Trainer's logger as `eval/<group>/<metric>` (names: evaluation/evaluate.py) and to
-`callback_metrics`, so ModelCheckpoint can monitor them. The tables of the latest evaluation are
-written to `<out_dir>/eval/` and logged as artifacts by aotrain.tracking at the end of fit.
-Global rank 0 evaluates and the other ranks wait for its metrics in a broadcast. Under FSDP and ZeRO-3
-every rank evaluates inside a parameter gather (a collective); under FSDP2 every rank evaluates the
-sharded network, whose forward gathers each block's weights in turn. Either way no rank waits on
-another, and the numbers are those of the whole model.
+`callback_metrics` on every rank, so ModelCheckpoint can monitor them. The tables of the latest
+evaluation are written to `<out_dir>/eval/` by global rank 0 and logged as artifacts by
+aotrain.tracking at the end of fit.
+
+On several processes every rank encodes a slice of the benchmark's images (whole batches of the
+one-process schedule, contiguous, in rank order) and of the text classifiers' prompts, then all ranks
+gather every prompt's features and every image's predictions and pair scores and compute the metrics
+from them: the numbers are exactly those of `aotrain eval` in one process at the same
+eval.batch_size (evaluation/distributed.py says why). Under DDP and ZeRO-1/2 each rank holds the
+whole model. Under FSDP (inside a parameter gather), FSDP2 (whose sharded forward gathers each
+block's weights in turn) and ZeRO-3 (through the CLIP's forward) every forward is a collective, so
+the ranks run in lockstep: one with fewer batches encodes a dummy image until the busiest is done.
+
+    aotrain fit debug=smoke trainer=ddp trainer.accelerator=cpu trainer.devices=2   # prints per rank:
+    eval: step 2, rank 1 of 2 encoded 100 of 140 images in 0.31 s
+
 `aotrain eval checkpoint=...` runs the same code (aotrain.ao_benchmark) on a saved checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
+import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -19,6 +32,7 @@ import torch
 
 from aotrain.ao_benchmark import Benchmark
 from aotrain.strategies import full_parameters
+from evaluation.distributed import RankSlice
 from evaluation.evaluate import EvalResult
 
 
@@ -27,15 +41,18 @@ class BenchmarkEvaluation(L.Callback):
         self.benchmark = benchmark  # loaded before training, so a bad folder fails before step 0
         self.out_dir = Path(out_dir)
         self.every_n_steps = every_n_steps
-        self.last: EvalResult | None = None
+        self.last: EvalResult | None = None  # the latest result; every rank has the same
         self._last_step = -1
 
-    def evaluate(self, pl_module) -> EvalResult:
+    def evaluate(self, trainer, pl_module) -> EvalResult:
+        """The whole benchmark's result, this rank having encoded its slice of the images."""
+        gathered = full_parameters(trainer.strategy)  # None when each rank holds the whole model
+        part = RankSlice(trainer.global_rank, trainer.world_size, lockstep=gathered is not None)
         was_training = pl_module.training
         pl_module.eval()
         # A fresh adapter per call: the weights changed since the last one, so must the text classifiers.
-        with torch.no_grad():
-            result = self.benchmark.run(pl_module.evaluation_model(pl_module.device))
+        with gathered or contextlib.nullcontext(), torch.no_grad():
+            result = self.benchmark.run(pl_module.evaluation_model(pl_module.device), rank_slice=part)
         pl_module.train(was_training)
         return result
 
@@ -44,24 +61,19 @@ class BenchmarkEvaluation(L.Callback):
         if step == self._last_step:
             return
         self._last_step = step
-        metrics = None
-        sharded = full_parameters(trainer.strategy)
-        if sharded is not None:
-            # Parameters live in shards: gathering them is collective, so every rank evaluates
-            # (the same numbers) inside the gather, and rank 0 alone writes and logs.
-            with sharded:
-                result = self.evaluate(pl_module)
-        elif trainer.is_global_zero:
-            result = self.evaluate(pl_module)
+        started = time.perf_counter()
+        self.last = self.evaluate(trainer, pl_module)  # a collective: every rank reaches it at this step
+        if trainer.world_size > 1:
+            total = sum(len(ds) for ds in self.benchmark.splits.values())
+            print(f"eval: step {step}, rank {trainer.global_rank} of {trainer.world_size} encoded "
+                  f"{self.last.images_scored} of {total} images in {time.perf_counter() - started:.2f} s",
+                  file=sys.stderr, flush=True)
+        metrics = {f"eval/{k}": v for k, v in self.last.metrics.items()}
         if trainer.is_global_zero:
-            self.last = result
             self.last.write(self.out_dir / "eval")
-            metrics = {f"eval/{k}": v for k, v in self.last.metrics.items()}
             if trainer.logger is not None:
                 trainer.logger.log_metrics(metrics, step=step)
-        # Every rank reaches this at the same step; afterwards all ranks can monitor the metrics.
-        metrics = trainer.strategy.broadcast(metrics, src=0)
-        for k, v in metrics.items():
+        for k, v in metrics.items():  # every rank computed the same metrics from the same gathered rows
             trainer.callback_metrics[k] = torch.tensor(v)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -72,4 +84,3 @@ class BenchmarkEvaluation(L.Callback):
 
     def on_train_end(self, trainer, pl_module):
         self._run(trainer, pl_module)  # no-op when the last step was already evaluated
-
