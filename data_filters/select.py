@@ -11,7 +11,9 @@ the table between them, steps 1-5 and a-c) -> maxent.py (the low end), transport
 rounding, LPs and the high end), kept_pairs.py (which K pairs) -> subset_files.py (step 6: rows,
 manifest, files).
 
-Command line: `aotrain filter select LABELS.parquet --size 2000 --nmi 0.05 0.2 --out DIR`.
+Command line: `aotrain filter select LABELS.parquet --size 2000 --nmi 0.05 0.2 --out DIR`. From a
+labels file (label.load_labels) the pool is numbers only, ~12 bytes per labelled caption: uid ranks
+and attribute/object codes (data_filters/labels_file.py); uids are read for the chosen rows at the end.
 
 Algorithm (all on the attribute x object count table; uids are chosen only at the end):
 1. Target marginals r[A], c[O]: the pool's own marginals (or given weights) scaled to `size`,
@@ -58,7 +60,8 @@ import numpy as np
 
 from data_filters.plan import (InfeasibleTarget, KeptPairs, Plan, check_band, keep_order, margins_and_capacity,
                                plan_for_pairs, plan_for_size, solve)
-from data_filters.subset_files import Subset, build_subset
+from data_filters.labels_file import LabelColumn, LabelUids
+from data_filters.subset_files import Subset, build_subset, pair_index
 
 # The public API of selection (write_subset and write_subsets are in data_filters.subset_files).
 __all__ = ["InfeasibleTarget", "Subset", "feasible_nmi_range", "feasible_pairs_range", "pair_counts", "select_many",
@@ -67,9 +70,8 @@ __all__ = ["InfeasibleTarget", "Subset", "feasible_nmi_range", "feasible_pairs_r
 
 def pair_counts(attr_idx, obj_idx, n_attributes: int, n_objects: int) -> np.ndarray:
     """Integer [A, O] table of how often each attribute-object pair occurs."""
-    table = np.zeros((n_attributes, n_objects), dtype=np.int64)
-    np.add.at(table, (np.asarray(attr_idx), np.asarray(obj_idx)), 1)
-    return table
+    flat = pair_index(attr_idx, np.asarray(obj_idx), (n_attributes, n_objects))
+    return np.bincount(flat, minlength=n_attributes * n_objects).astype(np.int64).reshape(n_attributes, n_objects)
 
 
 def feasible_nmi_range(counts, size: int, fixed_marginals: bool = True, allow_repeats: bool = False,
@@ -95,8 +97,11 @@ def feasible_pairs_range(counts, size: int, seed: int = 0, allow_repeats: bool =
 
 
 def _check_pool(uids, attr_idx, obj_idx, attributes, objects):
-    uids, attr_idx, obj_idx = np.asarray(uids), np.asarray(attr_idx), np.asarray(obj_idx)
-    if not (uids.ndim == attr_idx.ndim == obj_idx.ndim == 1 and len(uids) == len(attr_idx) == len(obj_idx)):
+    """The pool checked: uids a numpy array or a LabelUids (label.load_labels), codes as given (no copy)."""
+    lazy = isinstance(uids, LabelUids)
+    uids, attr_idx, obj_idx = uids if lazy else np.asarray(uids), np.asarray(attr_idx), np.asarray(obj_idx)
+    if not ((lazy or uids.ndim == 1) and attr_idx.ndim == obj_idx.ndim == 1
+            and len(uids) == len(attr_idx) == len(obj_idx)):
         raise ValueError("uids, attr_idx and obj_idx must be 1-D arrays of the same length")
     if len(uids) == 0:
         raise ValueError("the pool is empty: no labelled samples")
@@ -105,9 +110,9 @@ def _check_pool(uids, attr_idx, obj_idx, attributes, objects):
     for name, idx, names in (("attr_idx", attr_idx, attributes), ("obj_idx", obj_idx, objects)):
         if idx.dtype.kind not in "iu" or idx.min() < 0 or idx.max() >= len(names):
             raise ValueError(f"{name} must hold integer indices into its {len(names)} names")
-    if len(np.unique(uids)) != len(uids):
+    if not (uids.unique if lazy else len(np.unique(uids)) == len(uids)):
         raise ValueError("uids must be unique within the pool")
-    return uids, attr_idx.astype(np.int64), obj_idx.astype(np.int64)
+    return uids, attr_idx, obj_idx
 
 
 def _target_list(nmi_targets, distinct_pairs) -> list:
@@ -122,7 +127,8 @@ def _target_list(nmi_targets, distinct_pairs) -> list:
 def _check_caption_keys(caption_keys, n: int):
     if caption_keys is None:
         return None
-    keys = tuple(np.asarray(k) for k in caption_keys)
+    # a LabelColumn (label.load_caption_keys) stays in the file until the subset's rows are known
+    keys = tuple(k if isinstance(k, LabelColumn) else np.asarray(k) for k in caption_keys)
     if len(keys) != 2 or any(k.shape != (n,) for k in keys):
         raise ValueError(f"caption_keys must be two arrays (caption_hash, template_hash) of the pool's length {n}")
     return keys

@@ -7,6 +7,9 @@
 Rows: for pair (a, o) the first T[a, o] of that pair's uids (sorted by uid, then permuted by numpy
 default_rng([seed, a, o])); with repeats the permutation is cycled. Per-pair streams make subsets
 of different targets share as many uids as their tables allow.
+
+uids is a numpy array or a LabelUids (label.load_labels, for a pool of any size): rows are ordered by
+its uid ranks, and only the chosen rows' uids are read from the labels file, when the subset is built.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import pyarrow.parquet as pq
 
 from data_filters.diversity import caption_diversity, pair_diversity
 from data_filters.files import publish_dir, temp_dir_for
+from data_filters.labels_file import LabelUids, index_dtype
 from data_filters.nmi import joint_stats
 
 
@@ -39,12 +43,26 @@ class Subset:
     manifest: dict = field(default_factory=dict)
 
 
+def uid_order(uids) -> np.ndarray:
+    """An array that sorts like the uids: a LabelUids' ranks (label.load_labels), or a uid array itself."""
+    return uids.order if isinstance(uids, LabelUids) else uids
+
+
+def pair_index(attr_idx, obj_idx, shape) -> np.ndarray:
+    """Flat pair index a * n_objects + o per row of an [A, O] table: int32 below 2**31 cells, else int64."""
+    flat = np.asarray(attr_idx).astype(index_dtype(shape[0] * shape[1]))
+    flat *= shape[1]
+    flat += obj_idx
+    return flat
+
+
 def pick_rows(uids, attr_idx, obj_idx, table, seed: int) -> np.ndarray:
     """Pool row indices realising `table`: per pair, a seeded permutation of its uid-sorted rows."""
     n_o = table.shape[1]
-    pair = attr_idx * n_o + obj_idx
-    order = np.lexsort((uids, pair))  # rows grouped by pair, uid-sorted inside each pair
-    starts = np.searchsorted(pair[order], np.arange(table.size + 1))
+    pair = pair_index(attr_idx, obj_idx, table.shape)
+    starts = np.concatenate([[0], np.cumsum(np.bincount(pair, minlength=table.size))])  # each pair's first row
+    order = np.lexsort((uid_order(uids), pair))  # rows grouped by pair, uid-sorted inside each pair
+    del pair
     chosen = []
     for flat in np.flatnonzero(table.ravel()):
         a, o = divmod(int(flat), n_o)
@@ -65,7 +83,7 @@ def _diversity(table, counts, rows, caption_keys) -> dict:
     """The manifest's "diversity": pair measures, plus caption measures when the pool has caption keys."""
     out = pair_diversity(table, counts)
     if caption_keys is not None:
-        out.update(caption_diversity(caption_keys[0][rows], caption_keys[1][rows]))
+        out.update(caption_diversity(caption_keys[0].take(rows), caption_keys[1].take(rows)))
     return out
 
 
@@ -74,8 +92,8 @@ def build_subset(uids, attr_idx, obj_idx, attributes, objects, table, seed: int,
     """The Subset realising `table`: its pool rows (sorted by uid) and manifest. `planned` is the
     manifest's record of how the table was planned (nmi_target, tol, feasible ranges, mix_t, ...)."""
     rows = pick_rows(uids, attr_idx, obj_idx, table, seed)
-    rows = rows[np.argsort(uids[rows], kind="stable")]
-    sub_uids = uids[rows]
+    rows = rows[np.argsort(uid_order(uids)[rows], kind="stable")]
+    sub_uids = uids.take(rows)  # a LabelUids reads only these rows' uids from the labels file
     stats = joint_stats(table, normaliser)
     manifest = {
         "size": int(len(rows)),
