@@ -8,7 +8,6 @@ labelled captions with duplicate images, unsorted uids of several widths (some n
 integer uids. The bounded reader reads in batches of a few rows here, so every batch boundary is crossed.
 """
 import hashlib
-import json
 import random
 import subprocess
 import sys
