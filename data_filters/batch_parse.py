@@ -35,6 +35,7 @@ from .parse import BOUNDARY_CHARS, BOUNDARY_WORDS, CaptionParser
 _PUNCT_BYTE = np.zeros(256, bool)  # the boundary characters: tokens of their own
 _PUNCT_BYTE[[ord(ch) for ch in BOUNDARY_CHARS]] = True
 _LOW_BYTES = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [2**64 - 1], np.uint64)  # keep k bytes
+BATCH = 65536  # captions parsed at once (count_captions, labelling): large for array operations, small next to memory
 _NONE = np.iinfo(np.int64).max  # "no such entry" in _first_after
 
 

@@ -25,14 +25,13 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .batch_parse import BatchParser
+from .batch_parse import BATCH, BatchParser
 from .diversity import DistinctCounter, TemplateMasker, pair_diversity
 from .nmi import joint_stats
 from .parse import CaptionParser
 from .workers import tied_to_parent
 
 
-BATCH = 65536  # captions parsed at once: large enough for array operations, small next to memory
 COUNTERS = ("n_captions", "n_with_pair", "n_multi_pair", "n_malformed", "n_not_downloaded")
 
 
@@ -204,7 +203,7 @@ def count_captions(captions: Iterable, parser: CaptionParser, caption_diversity:
 
 def _batches(captions: Iterable, size: int):
     """Lists of up to `size` caption texts (the text of (uid, caption) tuples)."""
-    if isinstance(captions, list) and all(type(c) is str for c in captions[:1]):
+    if isinstance(captions, list) and (not captions or type(captions[0]) is str):
         for start in range(0, len(captions), size):  # a list of texts: slices, no per-item work
             yield captions[start:start + size]
         return

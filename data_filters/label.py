@@ -28,10 +28,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from .batch_parse import BATCH
 from .command import run_command
 from .files import atomic_path, check_output
 from .labels_file import LabelColumn, null_count, read_labels
-from .labelling import BATCH, SCHEMA, label_parts, merge_counts
+from .labelling import SCHEMA, label_parts, merge_counts
 from .pools import Pool, open_pool, say
 from .sources import add_caption_arguments
 

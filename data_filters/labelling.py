@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .batch_parse import BatchParser
+from .batch_parse import BATCH, BatchParser
 from .diversity import TemplateMasker, caption_key
 from .parse import CaptionParser
 from .pools import Pool, open_pool
@@ -29,7 +29,6 @@ from .workers import tied_to_parent
 
 SCHEMA = pa.schema([("uid", pa.string()), ("attribute", pa.string()), ("object", pa.string()),
                     ("caption_hash", pa.int64()), ("template_hash", pa.int64()), ("image_hash", pa.string())])
-BATCH = 65536
 ROWS_PER_PART = 1 << 18  # a parquet file larger than this is split by row groups into parts of about this size
 # Below this size of caption files one process labels everything: starting a worker costs about a second.
 PARALLEL_FROM_BYTES = 16 << 20
@@ -80,7 +79,6 @@ def label_parts(sources, vocab_spec: str, window: int = 2, uid_column: str | Non
     """
     pool = sources if isinstance(sources, Pool) else open_pool(sources, uid_column)
     parts = caption_parts(pool, ROWS_PER_PART)
-    load_vocabulary(vocab_spec)  # a bad spec fails here, before any process starts
     start = (vocab_spec, window, uid_column, caption_column)
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if _bytes(pool) >= PARALLEL_FROM_BYTES else 1
@@ -89,6 +87,7 @@ def label_parts(sources, vocab_spec: str, window: int = 2, uid_column: str | Non
         _start(*start)
         yield from map(_label_part, parts)
         return
+    load_vocabulary(vocab_spec)  # a bad spec fails here, in one line, before any process starts
     # spawn, not fork: the fit calls this with torch loaded, whose thread pools do not survive a fork.
     # tied_to_parent: workers of a killed run would otherwise live on.
     with multiprocessing.get_context("spawn").Pool(workers, **tied_to_parent(_start, start)) as processes:

@@ -37,6 +37,7 @@ import lightning as L
 import torch
 import torch.distributed as dist
 
+from aotrain.callbacks.step_timer import host_sync_every
 from aotrain.config import UserError
 from aotrain.data.shard_stream import SKIP_COLUMNS, read_error_log
 from data_filters.samples import KINDS
@@ -44,10 +45,6 @@ from data_filters.samples import KINDS
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 REQUEUE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 JUDGED_AFTER = 10_000
-# On a GPU the ranks agree every GPU_EVERY steps: reading the all-reduced flags makes the CPU wait for
-# the GPU, which would take away the next step's launch overlap at every step. A stop signal then
-# takes effect within GPU_EVERY steps, still at a step boundary with its checkpoint.
-GPU_EVERY = 10
 INTERRUPTED_CHECKPOINT = "interrupted-step{step}.ckpt"
 
 _received: list[int] = []
@@ -117,7 +114,7 @@ class Interrupted(Exception):
 
 
 class StepGuard(L.Callback):
-    """At every optimizer step (every GPU_EVERY steps on a GPU): agree on signals and bad-data counts."""
+    """At every optimizer step (on a GPU every GPU_EVERY steps): agree on signals and bad-data counts."""
 
     def __init__(self, run_dir: str, max_bad_fraction: float = 0.001, error_log: str | None = None):
         self.run_dir = Path(run_dir)
@@ -144,8 +141,12 @@ class StepGuard(L.Callback):
         if trainer.global_step == self._last_step:
             return  # accumulating gradients: not a step boundary yet
         self._last_step = trainer.global_step
-        if pl_module.device.type != "cpu" and trainer.global_step % GPU_EVERY:
-            return  # the same step on every rank, so every rank joins the same all-reduces
+        # Reading the all-reduced flags makes the host wait for the device, so on a GPU the ranks agree
+        # every GPU_EVERY steps (step_timer.host_sync_every); a stop signal then takes effect within
+        # that many steps, still at a step boundary with its checkpoint. The same steps on every
+        # rank, so every rank joins the same all-reduces.
+        if trainer.global_step % host_sync_every(trainer):
+            return
         signals, totals = self._agree(pl_module)
         self.totals = [b + t for b, t in zip(self.before, totals)]
         self._log(pl_module)

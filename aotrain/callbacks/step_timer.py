@@ -22,6 +22,12 @@ WARMUP_STEPS = 5
 GPU_EVERY = 10
 
 
+def host_sync_every(trainer) -> int:
+    """Steps between two moments the host may wait for the device: 1 on a CPU, GPU_EVERY on a GPU
+    (every wait takes away the overlap of the next step's launch with the device's work)."""
+    return GPU_EVERY if trainer.strategy.root_device.type == "cuda" else 1
+
+
 class StepTimer(L.Callback):
     def __init__(self, warmup: int = WARMUP_STEPS, every: int | None = None):
         self.warmup = warmup
@@ -34,7 +40,7 @@ class StepTimer(L.Callback):
 
     def setup(self, trainer, pl_module, stage) -> None:
         if self.every is None:
-            self.every = GPU_EVERY if trainer.strategy.root_device.type == "cuda" else 1
+            self.every = host_sync_every(trainer)
 
     def _timed(self, step: int) -> bool:
         return step > self.warmup and step % self.every == 0
