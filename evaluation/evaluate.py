@@ -16,7 +16,12 @@ Tasks (zero-shot models; logits = ``logit_scale * image @ classifier.T``, unit v
     (classnames ``"attribute object"``);
   * ``pair_open``: open world, every attribute x object combination of the candidates' words;
   * ``object``: the candidates' objects (classnames ``"object"``);
-  * ``attribute``: the candidates' attributes (classnames ``"attribute object"``, e.g. ``"red object"``).
+  * ``attribute``: the candidates' attributes (classnames ``"attribute object"``, e.g. ``"red object"``);
+  * ``object_marginal``: the candidates' objects again, each scored by summing the softmax probabilities
+    of every pair prompt naming it (over the open-world grid, so each object has one prompt per
+    attribute; the closed-world pairs without ``open_world``). Captions that always name an attribute
+    never teach object-only prompts, so this is the object accuracy such a model can show through the
+    prompts it was trained on.
 A supervised model (``HeadModel``) has the ``object`` task (and ``attribute`` with an attribute
 head): each head's logits restricted to the classes that name the benchmark's objects (attributes),
 matched by vocabulary canonical name, so its accuracy has the same classes and chance as a CLIP's.
@@ -56,11 +61,12 @@ from .metrics import class_mean_accuracy, per_class_accuracy
 from .models import HeadModel, ZeroShotModel
 from .zero_shot import SIMPLE_TEMPLATES, Template
 
-TASKS = ("pair", "pair_open", "object", "attribute")
+TASKS = ("pair", "pair_open", "object", "attribute", "object_marginal")
 TABLE_COLUMNS = ("split", "attribute", "object", "seen", "n", "pair_top1", "pair_top5", "pair_open_top1",
-                 "object_top1", "attribute_top1")
+                 "object_top1", "object_marginal_top1", "attribute_top1")
 TOP_K = 5
-HEADLINE = ("/pair_top1", "/pair_open_top1", "/object_top1", "/attribute_top1", "czsl/auc", "czsl/best_hm")
+HEADLINE = ("/pair_top1", "/pair_open_top1", "/object_top1", "/object_marginal_top1", "/attribute_top1", "czsl/auc",
+            "czsl/best_hm")
 
 
 @dataclass
@@ -169,6 +175,10 @@ def _score(model, splits: Mapping[str, AOFolder], candidates, attributes, object
                      for task, classes in model.classes.items()}
     classes = head_cols if isinstance(model, HeadModel) else weights  # task -> [C, ...], one row per class
     widths = {task: min(TOP_K, len(c)) for task, c in classes.items()}  # top-k columns per task
+    if isinstance(model, ZeroShotModel):
+        marginal_from = "pair_open" if "pair_open" in weights else "pair"  # the pair prompts summed per object
+        pair_objects = _pair_objects(candidates, attributes, objects, marginal_from)  # [C] object of each prompt
+        widths["object_marginal"] = min(TOP_K, len(objects))
 
     names, sizes = list(splits), [len(ds) for ds in splits.values()]
     split_ids, targets, tops, pair_scores = [], {t: [] for t in TASKS}, {t: [] for t in widths}, []
@@ -190,6 +200,7 @@ def _score(model, splits: Mapping[str, AOFolder], candidates, attributes, object
             targets["attribute"].append(to_attr[local])
             targets["object"].append(to_obj[local])
             targets["pair_open"].append(to_attr[local] * len(objects) + to_obj[local])
+            targets["object_marginal"].append(to_obj[local])
             split_ids.append(torch.full((len(local),), i))
             if isinstance(model, HeadModel):
                 for task, cols in head_cols.items():
@@ -200,6 +211,8 @@ def _score(model, splits: Mapping[str, AOFolder], candidates, attributes, object
                 tops[task].append(_top(logits))
                 if task == "pair":
                     pair_scores.append(logits)
+                if task == marginal_from:
+                    tops["object_marginal"].append(_top(object_marginal(logits, pair_objects, len(objects))))
     for _ in range(rank_slice.idle_calls(sizes, batch_size)):  # sharded weights: every rank joins every forward
         model.features(splits[names[0]][0][0].unsqueeze(0))  # [1, 3, H, W], result dropped
 
@@ -237,6 +250,23 @@ def _text_weights(model: ZeroShotModel, candidates, attributes, objects, templat
     if open_world:
         weights["pair_open"] = w_all
     return weights
+
+
+def _pair_objects(candidates, attributes, objects, prompts: str) -> torch.Tensor:
+    """[C] the object index of each pair prompt of `prompts` ("pair": the candidates; "pair_open": the grid)."""
+    obj_idx = {o: i for i, o in enumerate(objects)}
+    if prompts == "pair_open":  # attribute-major grid, as _text_weights encodes it
+        return torch.arange(len(objects)).repeat(len(attributes))
+    return torch.tensor([obj_idx[o] for _, o in candidates])
+
+
+def object_marginal(pair_logits: torch.Tensor, pair_objects: torch.Tensor, n_objects: int) -> torch.Tensor:
+    """[B, O] object scores from [B, C] pair-prompt logits: each object's summed pair probabilities.
+
+    pair_objects: [C] the object index of each pair prompt.
+    """
+    probs = pair_logits.float().softmax(dim=-1)  # [B, C]
+    return torch.zeros(len(probs), n_objects).index_add_(1, pair_objects, probs)  # [B, O]
 
 
 def _cat(parts: list[torch.Tensor], row_shape: tuple[int, ...], dtype=torch.long) -> torch.Tensor:
@@ -292,7 +322,8 @@ def _table(scores: _Scores, splits, candidates, status, n_classes) -> list[dict]
         counts = torch.bincount(y, minlength=n_classes["pair"])
         per = {}
         for task, column in (("pair", "pair_top1"), ("pair_open", "pair_open_top1"),
-                             ("object", "object_top1"), ("attribute", "attribute_top1")):
+                             ("object", "object_top1"), ("object_marginal", "object_marginal_top1"),
+                             ("attribute", "attribute_top1")):
             if task in scores.top:
                 hit = scores.top[task][mask][:, 0] == scores.targets[task][mask]
                 per[column] = per_class_accuracy(hit, y, n_classes["pair"])  # per pair, whatever the task
@@ -354,7 +385,7 @@ def evaluate(
     objects = sorted({o for _, o in candidates})
     open_world = open_world and isinstance(model, ZeroShotModel)
     n_classes = {"pair": len(candidates), "pair_open": len(attributes) * len(objects),
-                 "object": len(objects), "attribute": len(attributes)}
+                 "object": len(objects), "attribute": len(attributes), "object_marginal": len(objects)}
 
     scores, scored = _score(model, splits, candidates, attributes, objects, templates, object_templates,
                             attribute_templates, open_world, logit_scale, batch_size, num_workers, progress, vocab,

@@ -35,6 +35,7 @@ from evaluation import (
     resolve_templates,
     text_classifier,
 )
+from evaluation.evaluate import object_marginal
 from evaluation.metrics import class_mean_accuracy
 
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0)}
@@ -363,6 +364,45 @@ def test_accuracies_equal_a_direct_numpy_computation(world):
             assert result.metrics[f"{split}/{task}_top1"] == pytest.approx(top1.mean(), abs=1e-12), (split, task)
             assert result.metrics[f"{split}/{task}_top5"] == pytest.approx(top5.mean(), abs=1e-12), (split, task)
             assert result.metrics[f"{split}/{task}_top1_class_mean"] == pytest.approx(np.mean(per_class), abs=1e-12)
+        # object_marginal: softmax over the open-world pair prompts, summed per object
+        logits = 100.0 * feats @ classifiers["pair_open"][0].T  # [N, A*O]
+        probs = np.exp(logits - logits.max(1, keepdims=True))
+        probs /= probs.sum(1, keepdims=True)
+        scores = np.stack([probs[:, [i for i, (_, o) in enumerate(grid) if o == obj]].sum(1) for obj in objs], 1)
+        y = np.array([objs.index(p[1]) for p in truth])
+        top1 = scores.argmax(1) == y
+        assert result.metrics[f"{split}/object_marginal_top1"] == pytest.approx(top1.mean(), abs=1e-12), split
+    assert result.metrics["chance/object_marginal_top1"] == 1 / len(objs)
+
+
+def test_object_marginal_sums_pair_probabilities_like_numpy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 5, (64, 12))  # [B, C] pair prompts, 3 attributes x 4 objects
+    pair_objects = np.tile(np.arange(4), 3)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    expected = np.stack([probs[:, pair_objects == o].sum(1) for o in range(4)], 1)  # [B, O]
+    got = object_marginal(torch.from_numpy(logits), torch.from_numpy(pair_objects), 4).numpy()
+    assert np.allclose(got, expected, atol=1e-6) and np.allclose(got.sum(1), 1, atol=1e-6)
+    # one confident pair outweighs a spread of middling ones (a sum of logits would say the opposite)
+    two = object_marginal(torch.tensor([[10.0, -10.0, 5.0, 5.0]]), torch.tensor([0, 0, 1, 1]), 2)
+    assert two.argmax().item() == 0
+
+
+def test_marginal_object_accuracy_credits_a_model_that_knows_objects_only_through_pairs(world):
+    """A text tower that encodes a pair prompt but nothing for an object alone: object prompts are
+    chance, summing the pair probabilities recovers the objects (closed and open world)."""
+
+    def pairs_only(tokens):  # [B, 8] -> [B, D]: zero unless the prompt names an attribute
+        feats = oracle_encode_text(tokens)
+        return feats * (feats[:, : len(ATTRS)].sum(1, keepdim=True) > 0)
+
+    model = ZeroShotModel(make_encode_image(), pairs_only, oracle_tokenizer)
+    for open_world in (True, False):
+        m = evaluate(model, _splits(world), ["{}"], open_world=open_world).metrics
+        assert m["unseen/object_marginal_top1"] == 1.0 and m["seen/object_marginal_top1"] == 1.0
+        # every object prompt encodes to the same (zero) feature: ties go to the first object
+        assert m["unseen/object_top1"] < 1.0 and m["seen/object_top1"] < 0.5
 
 
 def test_real_open_clip_model_end_to_end(world, tmp_path):
@@ -374,7 +414,7 @@ def test_real_open_clip_model_end_to_end(world, tmp_path):
         ZeroShotModel(model.encode_image, model.encode_text, tokenizer), _splits(world), SIMPLE_TEMPLATES,
         batch_size=4, attribute_templates=OPENAI_IMAGENET_TEMPLATES[:3],
     )
-    tasks = ("pair", "pair_open", "object", "attribute")
+    tasks = ("pair", "pair_open", "object", "attribute", "object_marginal")
     per_group = [f"{t}_{k}" for t in tasks for k in ("top1", "top5", "top1_class_mean")] + ["n_images", "n_pairs"]
     expected = {f"{s}/{k}" for s in ("unseen", "seen") for k in per_group}
     expected |= {"n_candidate_pairs", "n_open_pairs"} | {f"chance/{t}_top1" for t in tasks}
@@ -390,7 +430,8 @@ def test_real_open_clip_model_end_to_end(world, tmp_path):
     with paths["table_csv"].open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 7 and set(rows[0]) == {"split", "attribute", "object", "seen", "n", "pair_top1",
-                                               "pair_top5", "pair_open_top1", "object_top1", "attribute_top1"}
+                                               "pair_top5", "pair_open_top1", "object_top1",
+                                               "object_marginal_top1", "attribute_top1"}
     assert "unseen/pair_top1" in paths["table_md"].read_text()
     assert paths["czsl_png"].stat().st_size > 0 and paths["czsl_csv"].read_text().startswith("bias,")
     assert isinstance(result, EvalResult) and "| red | sea lion |" in result.to_markdown()
