@@ -5,7 +5,11 @@
 Captions are synthetic and deterministic (10-20 words from a mix of common caption words and the
 builtin vocabulary; about 40% contain an "attribute [word] object" phrase). Each worker process
 generates its chunks and then parses/counts them; generation and parsing are timed separately.
-Parsing is data_filters' batch parser (data_filters/batch_parse.py, through count_captions). Two
+Parsing is data_filters' batch parser (data_filters/batch_parse.py, through count_captions: a numba
+loop, data_filters/parse_kernel.py); each worker's parse time includes its one-time start-up, also
+printed apart (importing numba and loading the compiled loop from numba's cache, ~0.5 CPU-s, and
+pyarrow's import of pandas, ~0.35 CPU-s; compiling the loop, ~6 CPU-s, where numba's cache is cold,
+e.g. after an edit). Two
 baselines, timed in this process on a sample of the same captions and extrapolated:
   * the reference parser (data_filters/parse.py CaptionParser, one caption at a time in Python: the
     path every caption took before the batch parser, and the one it is tested against), counted into
@@ -74,19 +78,26 @@ def generate(seed: int, n: int, attrs: list[str], objs: list[str]) -> list[str]:
     return out
 
 
-def _init() -> None:
+def _init(start_parser: bool = True) -> None:
     vocab = Vocabulary.builtin()
     _STATE["parser"] = CaptionParser(vocab)
     _STATE["words"] = make_words(vocab)
+    if start_parser:  # a worker: its parser's one-time start-up, timed here to be reported apart
+        t, c = time.perf_counter(), time.process_time()
+        count_captions(["a warm-up caption"], _STATE["parser"])
+        _STATE["start-up"] = time.perf_counter() - t, time.process_time() - c
 
 
 def _work(job: tuple[int, int]):
+    """(counts, generation s, parse s, parse CPU-s, start-up CPU-s) of one chunk; a worker's first
+    chunk carries its parser's start-up, which the parse times include."""
     seed, n = job
     t0 = time.perf_counter()
     captions = generate(seed, n, *_STATE["words"])
     t1, c1 = time.perf_counter(), time.process_time()
     counts = count_captions(captions, _STATE["parser"])
-    return counts, t1 - t0, time.perf_counter() - t1, time.process_time() - c1
+    start_s, start_cpu = _STATE.pop("start-up", (0.0, 0.0))
+    return counts, t1 - t0, time.perf_counter() - t1 + start_s, time.process_time() - c1 + start_cpu, start_cpu
 
 
 def reference_rate(parser: CaptionParser, captions: list[str]) -> float:
@@ -118,11 +129,11 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     jobs = [(i, min(CHUNK, args.n - start)) for i, start in enumerate(range(0, args.n, CHUNK))]
-    total, gen_s, parse_s, parse_cpu = PairCounts(), 0.0, 0.0, 0.0
+    total, gen_s, parse_s, parse_cpu, start_cpu = PairCounts(), 0.0, 0.0, 0.0, 0.0
     with multiprocessing.get_context("fork").Pool(args.workers, _init) as pool:
-        for counts, g, p, c in pool.imap_unordered(_work, jobs):
+        for counts, g, p, c, s in pool.imap_unordered(_work, jobs):
             total.merge(counts)
-            gen_s, parse_s, parse_cpu = gen_s + g, parse_s + p, parse_cpu + c
+            gen_s, parse_s, parse_cpu, start_cpu = gen_s + g, parse_s + p, parse_cpu + c, start_cpu + s
     t_stats = time.perf_counter()
     stats = total.stats()
     stats_s = time.perf_counter() - t_stats
@@ -130,7 +141,7 @@ def main(argv=None) -> int:
     # parse wall time on `workers` cores: summed worker parse time / workers (+ the NMI step)
     parse_wall = parse_s / args.workers + stats_s
 
-    _init()
+    _init(start_parser=False)
     vocab = _STATE["parser"].vocab
     ref_per_cpu_s = reference_rate(_STATE["parser"], generate(10**9 + 1, args.reference_sample, *_STATE["words"]))
     phrases = [(a, o, f"{a} {o}") for a in vocab.attributes for o in vocab.objects]
@@ -152,6 +163,8 @@ def main(argv=None) -> int:
     # CPU time does not grow when other jobs share the cores; wall time does.
     print(f"  CPU time: {parse_cpu:.1f} s -> {args.n / parse_cpu:,.0f} captions per CPU-second; "
           f"projected {10_000_000 / (args.n / parse_cpu) / args.workers:.0f} s for 10M captions on {args.workers} free cores")
+    print(f"  of which the workers' one-time start-up (numba's cached loop, pyarrow's pandas import): "
+          f"{start_cpu:.1f} s")
     print(f"reference parser, one caption at a time (same counts on {args.reference_sample:,} captions, checked): "
           f"{ref_per_cpu_s:,.0f} captions per CPU-second -> batch parser {args.n / parse_cpu / ref_per_cpu_s:.1f}x")
     print(f"naive baseline ({len(phrases):,} substring tests/caption), timed on {len(sample)} captions and "

@@ -2,14 +2,16 @@
 
     .venv/bin/python -m pytest tests/test_batch_parse.py -q
 
-The reference walks each caption in Python; the batch parser applies the same rules as array
-operations over a whole batch. Every test here compares the two on the same captions: the pairs of
-each caption (order included), the labels, and what count_captions counts from them.
+The reference walks each caption in Python; the batch parser applies the same rules to a whole
+batch's bytes in one compiled loop (data_filters/parse_kernel.py). Every test here compares the two
+on the same captions: the pairs of each caption (order included), the labels, and what
+count_captions counts from them.
 """
 from __future__ import annotations
 
 import json
 import random
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -116,6 +118,28 @@ def test_toy_world_captions(small_world):
     parser = CaptionParser(load_vocabulary(f"world:{world}"))
     captions = [c for _, c in iter_captions(world / "pool")]
     assert_same_pairs(parser, captions)
+
+
+def test_every_kind_of_batch(parser):
+    """Lists and Arrow arrays (sliced, chunked, large, with nulls), empty batches and captions."""
+    captions = ["a red fox", "", None, "a small box, a blue wolf", "Ünïcode red fox", "red fox"]
+    expected = [parser.pairs(c or "") for c in captions]
+    arrow = pa.array(captions)
+    batches = {"list": (captions, expected), "slice": (arrow.slice(2), expected[2:]),
+               "chunked": (pa.chunked_array([arrow[:3], arrow[3:]]), expected),
+               "large_string": (arrow.cast(pa.large_string()), expected), "empty list": ([], []),
+               "empty captions": (["", ""], [[], []]), "nulls": (pa.array([None, None], pa.string()), [[], []])}
+    for kind, (batch, pairs) in batches.items():
+        assert by_caption(BatchParser(parser).pairs(batch), parser.vocab, len(pairs)) == pairs, kind
+
+
+def test_numba_is_imported_only_to_parse():
+    """Importing the modules that parse (and `aotrain --help`'s) does not import numba; parsing does."""
+    code = ("import sys; import aotrain.cli, data_filters.counts, data_filters.label, data_filters.labelling; "
+            "assert 'numba' not in sys.modules; from data_filters.batch_parse import BatchParser; "
+            "from data_filters.parse import CaptionParser; from data_filters.vocab import load_vocabulary; "
+            "BatchParser(CaptionParser(load_vocabulary('builtin'))); assert 'numba' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def reference_counts(captions, parser) -> PairCounts:
