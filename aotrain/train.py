@@ -202,7 +202,8 @@ def load_benchmark(cfg) -> Benchmark:
 def build_callbacks(cfg, run_dir: Path) -> list:
     every = cfg.eval.every_n_steps or cfg.trainer.max_steps
     return [
-        BenchmarkEvaluation(load_benchmark(cfg), str(run_dir), every_n_steps=cfg.eval.every_n_steps),
+        BenchmarkEvaluation(load_benchmark(cfg), str(run_dir), every_n_steps=cfg.eval.every_n_steps,
+                            probe_samples=cfg.eval.get("probe_samples") or 0),
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-{step}" if cfg.eval.checkpoint_monitor
                         else "{step}", save_last=True,
                         monitor=cfg.eval.checkpoint_monitor, mode="max", save_top_k=1,

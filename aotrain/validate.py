@@ -111,6 +111,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "subset.dedupe": or_null(BOOL),
         "subset.samples_per_shard": POSITIVE_INT,
         "eval.every_n_steps": COUNT,
+        "eval.probe_samples": COUNT,
         "eval.batch_size": POSITIVE_INT,
         "eval.num_workers": COUNT,
         "eval.open_world": BOOL,

@@ -79,11 +79,17 @@ class EvalResult:
     czsl: CZSLCurve | None = None
     contamination: dict | None = None
     images_scored: int | None = None  # images this process encoded: all of them, or its rank's slice
+    probe: dict[str, float] | None = None  # a linear probe's metrics (evaluation/probe_eval.py), when one was fitted
+
+    def all_metrics(self) -> dict[str, float]:
+        """The protocol's metrics and the probe's (whose fit needs training data, so only `aotrain fit` has it)."""
+        return {**self.metrics, **(self.probe or {})}
 
     def headline(self) -> dict[str, float]:
         """The numbers a person reads first: top-1 of every task per group, CZSL, then chance levels."""
-        chosen = [k for k in self.metrics if k.endswith(HEADLINE)]
-        return {k: self.metrics[k] for k in sorted(chosen, key=lambda k: k.startswith("chance/"))}
+        metrics = self.all_metrics()
+        chosen = [k for k in metrics if k.endswith(HEADLINE)]
+        return {k: metrics[k] for k in sorted(chosen, key=lambda k: k.startswith("chance/"))}
 
     def to_markdown(self) -> str:
         """Metrics summary table followed by the per-pair table."""
@@ -94,7 +100,7 @@ class EvalResult:
         return "\n".join(lines) + "\n"
 
     def write(self, out_dir: str | Path) -> dict[str, Path]:
-        """Write metrics.json, eval_table.csv/.md, and czsl_curve.csv/.png, contamination.json when known."""
+        """Write metrics.json, eval_table.csv/.md, and czsl_curve.csv/.png, contamination.json, probe.json when known."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"metrics": out / "metrics.json", "table_csv": out / "eval_table.csv", "table_md": out / "eval_table.md"}
@@ -105,6 +111,9 @@ class EvalResult:
             paths["czsl_csv"] = out / "czsl_curve.csv"
             write_text_atomic(paths["czsl_csv"], _csv(self.czsl.to_rows()))
             paths["czsl_png"] = self.czsl.plot(out / "czsl_curve.png")
+        if self.probe is not None:
+            paths["probe"] = out / "probe.json"
+            write_text_atomic(paths["probe"], json.dumps(self.probe, indent=2) + "\n")
         if self.contamination is not None:
             paths["contamination"] = out / "contamination.json"
             write_text_atomic(paths["contamination"], json.dumps(self.contamination, indent=1) + "\n")

@@ -83,6 +83,21 @@ def _evaluate(case, world, rank_slice=RankSlice()):
     return result, calls
 
 
+def _probe(world, rank_slice=RankSlice()):
+    """The linear probe on the tiny CLIP's image tower; each rank passes its half of the training batches
+    (rank 0 the first: gathered in rank order they are one process's)."""
+    from test_linear_probe import TRAIN, _train_batches
+
+    from evaluation.probe_eval import probe_benchmark
+
+    model, _ = _tiny_clip()
+    batches = _train_batches(TRAIN, batch_size=3)  # 4 batches
+    half = len(batches) // rank_slice.world_size
+    mine = batches[rank_slice.rank * half:(rank_slice.rank + 1) * half]
+    return probe_benchmark(model.encode_image, mine, _splits(world), ["circle", "square", "sea lion"], batch_size=3,
+                           rank_slice=rank_slice)
+
+
 def _rank_main(rank: int, world: dict, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=2)
     torch.set_num_threads(1)  # two processes on a shared machine
@@ -90,6 +105,7 @@ def _rank_main(rank: int, world: dict, out: str) -> None:
     for case in CASES:
         result, calls = _evaluate(case, world, RankSlice.of_process_group(lockstep=case[4]))
         results[case[0]] = (result, calls)
+    results["probe"] = _probe(world, RankSlice.of_process_group(lockstep=True))
     with open(f"{out}/rank{rank}.pkl", "wb") as f:
         pickle.dump(results, f)
     dist.destroy_process_group()
@@ -103,7 +119,14 @@ def two_ranks(tmp_path_factory):
     world = {"unseen": _write_root(tmp / "unseen", UNSEEN), "seen": _write_root(tmp / "seen", SEEN)}
     mp.start_processes(_rank_main, args=(world, str(tmp)), nprocs=2, start_method="spawn")
     ranks = [pickle.loads((tmp / f"rank{r}.pkl").read_bytes()) for r in range(2)]
-    return {case[0]: (_evaluate(case, world), [r[case[0]] for r in ranks]) for case in CASES}
+    alone = {case[0]: (_evaluate(case, world), [r[case[0]] for r in ranks]) for case in CASES}
+    alone["probe"] = (_probe(world), [r["probe"] for r in ranks])
+    return alone
+
+
+def test_two_ranks_fit_the_one_process_linear_probe(two_ranks):
+    alone, ranks = two_ranks["probe"]
+    assert ranks[0] == ranks[1] == alone and alone["probe/n_train"] == 12
 
 
 @pytest.mark.parametrize("name", [case[0] for case in CASES])

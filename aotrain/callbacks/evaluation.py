@@ -1,5 +1,8 @@
 """ImageNet-AO evaluation during training (CLIP zero-shot, or a supervised twin's heads): every
-`every_n_steps` optimizer steps and at the end.
+`every_n_steps` optimizer steps and at the end. At the end, with `probe_samples`, also a linear probe
+(evaluation/probe_eval.py) on the image tower's frozen features: fitted on that many labelled training
+samples (the datamodule's shards, eval transforms), read on the benchmark: `eval/probe/<group>/object_top1`
+(and `<out_dir>/eval/probe.json`), the one object accuracy every arm is measured by alike.
 
 Metrics go to the Trainer's logger as `eval/<group>/<metric>` (names: evaluation/evaluate.py) and to
 `callback_metrics` on every rank, so ModelCheckpoint can monitor them. The tables of the latest
@@ -31,21 +34,25 @@ import lightning as L
 import torch
 
 from aotrain.ao_benchmark import Benchmark
+from aotrain.data.labels import label_classes
 from aotrain.strategies import full_parameters
 from evaluation.distributed import RankSlice
 from evaluation.evaluate import EvalResult
+from evaluation.probe_eval import probe_benchmark
 
 
 class BenchmarkEvaluation(L.Callback):
-    def __init__(self, benchmark: Benchmark, out_dir: str, every_n_steps: int = 0):
+    def __init__(self, benchmark: Benchmark, out_dir: str, every_n_steps: int = 0, probe_samples: int = 0):
         self.benchmark = benchmark  # loaded before training, so a bad folder fails before step 0
         self.out_dir = Path(out_dir)
         self.every_n_steps = every_n_steps
+        self.probe_samples = probe_samples
         self.last: EvalResult | None = None  # the latest result; every rank has the same
         self._last_step = -1
 
-    def evaluate(self, trainer, pl_module) -> EvalResult:
-        """The whole benchmark's result, this rank having encoded its slice of the images."""
+    def evaluate(self, trainer, pl_module, probe: bool = False) -> EvalResult:
+        """The whole benchmark's result, this rank having encoded its slice of the images (and with
+        `probe`, the linear probe's metrics)."""
         gathered = full_parameters(trainer.strategy)  # None when each rank holds the whole model
         part = RankSlice(trainer.global_rank, trainer.world_size, lockstep=gathered is not None)
         was_training = pl_module.training
@@ -53,22 +60,33 @@ class BenchmarkEvaluation(L.Callback):
         # A fresh adapter per call: the weights changed since the last one, so must the text classifiers.
         with gathered or contextlib.nullcontext(), torch.no_grad():
             result = self.benchmark.run(pl_module.evaluation_model(pl_module.device), rank_slice=part)
+            if probe:
+                result.probe = self._probe(trainer, pl_module, part)
         pl_module.train(was_training)
         return result
 
-    def _run(self, trainer, pl_module):
+    def _probe(self, trainer, pl_module, part: RankSlice) -> dict[str, float]:
+        """The linear probe's metrics; each rank fits on its share of the training samples (its shards)."""
+        dm, bench = trainer.datamodule, self.benchmark
+        batches = dm.probe_batches(self.probe_samples // trainer.world_size, bench.batch_size)
+        return probe_benchmark(pl_module.vision_tower(), batches, bench.splits, label_classes(dm.vocabulary)["object"],
+                               seen_pairs=bench.seen_pairs, vocab=bench.vocab, batch_size=bench.batch_size,
+                               device=pl_module.device, rank_slice=part)
+
+    def _run(self, trainer, pl_module, final: bool = False):
         step = trainer.global_step
         if step == self._last_step:
             return
         self._last_step = step
         started = time.perf_counter()
-        self.last = self.evaluate(trainer, pl_module)  # a collective: every rank reaches it at this step
+        probe = final and self.probe_samples > 0
+        self.last = self.evaluate(trainer, pl_module, probe)  # a collective: every rank reaches it at this step
         if trainer.world_size > 1:
             total = sum(len(ds) for ds in self.benchmark.splits.values())
             print(f"eval: step {step}, rank {trainer.global_rank} of {trainer.world_size} encoded "
                   f"{self.last.images_scored} of {total} images in {time.perf_counter() - started:.2f} s",
                   file=sys.stderr, flush=True)
-        metrics = {f"eval/{k}": v for k, v in self.last.metrics.items()}
+        metrics = {f"eval/{k}": v for k, v in self.last.all_metrics().items()}
         if trainer.is_global_zero:
             self.last.write(self.out_dir / "eval")
             if trainer.logger is not None:
@@ -80,7 +98,7 @@ class BenchmarkEvaluation(L.Callback):
         step = trainer.global_step
         at_end = trainer.max_steps > 0 and step >= trainer.max_steps
         if at_end or (self.every_n_steps and step % self.every_n_steps == 0):
-            self._run(trainer, pl_module)
+            self._run(trainer, pl_module, final=at_end)
 
     def on_train_end(self, trainer, pl_module):
-        self._run(trainer, pl_module)  # no-op when the last step was already evaluated
+        self._run(trainer, pl_module, final=True)  # no-op when the last step was already evaluated

@@ -15,7 +15,10 @@ at the next sample of its epoch (aotrain/data/shard_stream.py says how).
 """
 from __future__ import annotations
 
+import itertools
+
 import lightning as L
+import torch
 
 from aotrain import towers
 from aotrain.data.labels import CaptionLabeller, label_classes
@@ -63,6 +66,26 @@ class ShardDataModule(L.LightningDataModule):
                            shard_sizes=self.sizes, resampled=self.resampled,
                            samples_per_epoch=self.samples_per_epoch, batch_size=self.batch_size,
                            error_log=self.error_log if train else None)
+
+    def probe_batches(self, samples: int, batch_size: int):
+        """(images [B,3,H,W] with eval transforms, object index [B]) of up to `samples` labelled training
+        samples, this rank's shards in the stream's seeded order: what a linear probe is fitted on
+        (object indices into label_classes(vocabulary)["object"])."""
+        if not self.vocabulary:
+            raise ValueError("a linear probe needs object labels: set data.vocabulary (builtin, world:PATH, a file)")
+        _, eval_tf = towers.image_transforms(self.model_name)
+        stream = ShardStream(self.urls, eval_tf, towers.tokenizer(self.model_name), seed=self.seed,
+                             shuffle_buffer=self.shuffle_buffer, labeller=CaptionLabeller(self.vocabulary),
+                             targets="labels", classes=label_classes(self.vocabulary), shard_sizes=self.sizes)
+        images, objects = [], []
+        for pixels, target, _ in itertools.islice(stream, samples):
+            images.append(pixels)
+            objects.append(int(target[1]))  # target: [attribute index, object index]
+            if len(images) == batch_size:
+                yield torch.stack(images), torch.tensor(objects)
+                images, objects = [], []
+        if images:
+            yield torch.stack(images), torch.tensor(objects)
 
     def train_dataloader(self):
         self._stream = self.stream(train=True)
