@@ -10,6 +10,7 @@ sharing the folder, are never touched.
 """
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
@@ -181,13 +182,43 @@ def no_empty_folders_on_error(*folders: Path):
         raise
 
 
-def add_tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    """Add a file with fixed header fields (time, owner, mode): shard bytes depend only on the inputs."""
+def _member_info(name: str, size: int) -> tarfile.TarInfo:
+    """The header fields of every member we write: fixed time, owner and mode."""
     info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o444
+    info.size, info.mtime, info.mode = size, 0, 0o444
     info.uid = info.gid = 0
     info.uname = info.gname = "aotrain"
-    tar.addfile(info, io.BytesIO(data))
+    return info
+
+
+@functools.cache
+def _ustar_template() -> tuple[bytes, int]:
+    """tarfile's own ustar header of a member named "" of size 0, and its byte sum without the
+    name, size and checksum fields: every header we write differs from it in those three only."""
+    header = _member_info("", 0).tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape")
+    return header, sum(header[100:124]) + sum(header[136:148]) + sum(header[156:])
+
+
+def add_tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    """Add a file with fixed header fields (time, owner, mode): shard bytes depend only on the inputs.
+
+    The header is tarfile's (a template it made, with this member's name, size and checksum filled
+    in): the same bytes as tar.addfile, ~7x faster, which counts for the toy world's 230,000 members
+    (tests/test_reshard.py compares the two). Names over 100 bytes or not ASCII, and tars not in
+    ustar format, go through tar.addfile.
+    """
+    raw = name.encode("ascii") if name.isascii() else None
+    if tar.format != tarfile.USTAR_FORMAT or raw is None or len(raw) > 100 or len(data) >= 8**11:
+        tar.addfile(_member_info(name, len(data)), io.BytesIO(data))
+        return
+    template, fixed = _ustar_template()
+    size = b"%011o\0" % len(data)
+    checksum = fixed + sum(raw) + sum(size) + 8 * ord(" ")  # the checksum field counts as 8 spaces
+    header = (raw.ljust(100, tarfile.NUL) + template[100:124] + size + template[136:148]
+              + b"%06o\0 " % checksum + template[156:])
+    padding = -len(data) % tarfile.BLOCKSIZE
+    tar.fileobj.write(header + data + tarfile.NUL * padding)
+    tar.offset += len(header) + len(data) + padding  # what tar.close() pads the archive from
 
 
 class OutputError(ValueError):

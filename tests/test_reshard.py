@@ -64,6 +64,34 @@ def test_byte_identical_on_rerun(pool, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]  # no temporary folders left
 
 
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.PAX_FORMAT])
+def test_add_tar_member_writes_tarfiles_bytes(tmp_path, fmt):
+    """add_tar_member's own ustar header is byte for byte what tarfile.addfile writes (shards stay identical)."""
+    import io
+
+    from data_filters.files import _member_info
+
+    members = [("000000000.png", b""), ("a.txt", b"x"), ("k.json", b"y" * 511), ("n" * 100, b"z" * 512),
+               ("d" * 20 + "/" + "p" * 90, b"q" * 513), ("ünï.txt", b"caption")]  # the last two: tarfile's way
+    ours, theirs = io.BytesIO(), io.BytesIO()
+    with tarfile.open(fileobj=ours, mode="w", format=fmt) as a, tarfile.open(fileobj=theirs, mode="w", format=fmt) as b:
+        for name, data in members:
+            add_tar_member(a, name, data)
+            b.addfile(_member_info(name, len(data)), io.BytesIO(data))
+    assert ours.getvalue() == theirs.getvalue()
+
+
+def test_parallel_index_is_the_serial_one(pool, tmp_path, monkeypatch):
+    import data_filters.reshard as reshard_module
+
+    subset = np.array([f"u{i * 7:04d}" for i in range(0, 60, 2)])
+    reshard(pool, subset, tmp_path / "serial", samples_per_shard=8)
+    monkeypatch.setattr(reshard_module, "PARALLEL_FROM_BYTES", 0)  # this small pool on every core
+    reshard(pool, subset, tmp_path / "parallel", samples_per_shard=8)
+    for path in sorted((tmp_path / "serial").iterdir()):
+        assert path.read_bytes() == (tmp_path / "parallel" / path.name).read_bytes(), path.name
+
+
 def test_uid_from_key(pool, tmp_path):
     reshard(pool, np.array(["000010005", "000000001"]), tmp_path / "out", uid_field="__key__")
     assert [s["txt"] for s in read(tmp_path / "out")] == [b"caption 1", b"caption 25"]
