@@ -234,12 +234,69 @@ def _scatter_seen_unseen(ax, runs: pd.DataFrame, seen: str, unseen: str, color_r
     return mappable if color_range is not None else None
 
 
+# (panel title, seen metric, unseen metric): object accuracy by the arm's own head or prompts, and by the
+# linear probe every arm is read with alike (evaluation/probe_eval.py)
+ROBUSTNESS_PANELS = (("object top-1, own head / prompts", "eval/seen/object_top1", UNSEEN_OBJECT),
+                     ("object top-1, linear probe", "eval/probe/seen/object_top1", "eval/probe/unseen/object_top1"))
+ARM_COLOURS = {"language": "tab:blue", "labels": "tab:orange", "self": "tab:green"}
+
+
+def _plot_effective_robustness(runs: pd.DataFrame, axes: Sequence[str], out: Path) -> Path:
+    """Unseen against seen object accuracy on logit axes (Taori et al.): one point per cell (mean over
+    seeds), one colour per arm, each arm's least-squares line in logit space; a point above its arm's
+    line is more robust on unseen pairs than that arm's trend across cells."""
+    from evaluation.robustness import fit_effective_robustness
+
+    panels = [p for p in ROBUSTNESS_PANELS if has_values(runs, p[1]) and has_values(runs, p[2])] or ROBUSTNESS_PANELS[:1]
+    fig, grid = _figure(1, len(panels), panel_size=(4.8, 4.2))
+    keys = [a for a in present_axes(runs, axes) if a != "seed"]
+    for ax, (title, seen, unseen) in zip(grid[0], panels):
+        if seen not in runs.columns or unseen not in runs.columns:
+            _no_data(ax)
+            continue
+        cells = runs[runs[seen].notna() & runs[unseen].notna()]
+        cells = cells.groupby(keys, dropna=False)[[seen, unseen]].mean().reset_index() if keys else cells
+        for arm in _supervisions(cells):
+            sub = cells if arm is None else cells[cells[SUPERVISION_AXIS] == arm]
+            x, y = _logit(sub[seen]), _logit(sub[unseen])
+            colour = ARM_COLOURS.get(arm, "tab:grey")
+            ax.scatter(x, y, color=colour, edgecolors="black", linewidths=0.4, s=36,
+                       label=SUPERVISION_LABELS.get(arm, arm or "cells"))
+            if len(sub) >= 2 and np.ptp(x) > 0:
+                fit = fit_effective_robustness(sub[seen].to_numpy(), sub[unseen].to_numpy(), scale="logit", eps=EPS)
+                xs = np.linspace(x.min(), x.max(), 50)
+                ax.plot(xs, fit.slope * xs + fit.intercept, "-", color=colour, linewidth=1.2)
+        _probability_ticks(ax)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(f"{metric_label(seen)} (logit axis)")
+        ax.set_ylabel(f"{metric_label(unseen)} (logit axis)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    return _save_png(fig, out)
+
+
+EPS = 1e-3  # accuracies clipped to [EPS, 1 - EPS] before the logit (0 and 1 have none)
+
+
+def _logit(p) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
+    return np.log(p / (1 - p))
+
+
+def _probability_ticks(ax) -> None:
+    """Ticks labelled in accuracy on both logit axes."""
+    ticks = np.array([0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99])
+    for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+        shown = ticks[(_logit(ticks) >= lo) & (_logit(ticks) <= hi)]
+        axis.set_ticks(_logit(shown), labels=[f"{t:g}" for t in shown])
+
+
 # x axis -> the axes its lines may stand for, in order of preference
 PLOT_LINES = {"nmi": ("size", "diversity"), "size": ("nmi", "diversity"), "diversity": ("size", "nmi")}
 
 
 def write_plots(runs: pd.DataFrame, out_dir: Path, axes: Sequence[str], primary: str) -> dict[str, Path]:
-    """acc_vs_<axis>.png for nmi, size and diversity (when swept) and robustness.png."""
+    """acc_vs_<axis>.png for nmi, size and diversity (when swept), robustness.png and effective_robustness.png."""
     metrics = [m for m in unique_values([primary, UNSEEN_OBJECT]) if has_values(runs, m)]
     present = present_axes(runs, axes)
     written = {}
@@ -250,4 +307,5 @@ def write_plots(runs: pd.DataFrame, out_dir: Path, axes: Sequence[str], primary:
             name = f"acc_vs_{x}.png"
             written[name] = _plot_metric_lines(runs, out_dir / name, x, line_axis, metrics, log_x=x == "size")
     written["robustness.png"] = _plot_robustness(runs, out_dir / "robustness.png")
+    written["effective_robustness.png"] = _plot_effective_robustness(runs, axes, out_dir / "effective_robustness.png")
     return written

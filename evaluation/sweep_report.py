@@ -26,9 +26,10 @@ from pandas.api.types import is_numeric_dtype
 from data_filters.files import write_text_atomic
 from evaluation.sweep_plots import (SUPERVISION_LABELS, UNSEEN_OBJECT, axis_label, format_value, has_values,
                                     metric_label, unique_values, write_plots)
-from evaluation.sweep_stats import (CELL_COLUMNS, GAP_COLUMNS, NUMERIC_AXES, SUPERVISION_AXIS, as_scalar,
-                                    axis_transform, cell_table, check_runs, is_missing, plus_minus, present_axes,
-                                    slopes, supervision_gap, swept_cell_axes)
+from evaluation.sweep_stats import (CELL_COLUMNS, DIFF_COLUMNS, GAP_COLUMNS, NUMERIC_AXES, SUPERVISION_AXIS,
+                                    as_scalar, axis_transform, cell_table, check_runs, is_missing,
+                                    paired_differences, plus_minus, present_axes, slopes, supervision_gap,
+                                    swept_cell_axes)
 
 __all__ = ["headline", "write_report"]
 
@@ -232,6 +233,8 @@ PLOT_CAPTIONS = {
     "acc_vs_size.png": "Accuracy against size (one line per NMI or diversity, 95% CI over seeds)",
     "acc_vs_diversity.png": "Accuracy against diversity (distinct pairs; one line per size, 95% CI over seeds)",
     "robustness.png": "Unseen against seen accuracy per run (colour: NMI, marker: supervision)",
+    "effective_robustness.png": ("Effective robustness: unseen against seen object accuracy on logit axes, one point "
+                                 "per cell, one colour and fitted line per arm"),
 }
 
 
@@ -311,6 +314,35 @@ def _gaps_md(gaps: pd.DataFrame) -> str:
     return _markdown_table(shown)
 
 
+def _differences(runs: pd.DataFrame, axes: Sequence[str], metrics: Sequence[str], half_width: float) -> pd.DataFrame:
+    """``paired_differences`` of each metric along each swept numeric axis, stacked with a leading metric column."""
+    frames = [paired_differences(runs, axes, m, x, half_width).assign(metric=m)
+              for m in metrics for x in _numeric_axes(runs, axes) if runs[x].nunique() > 1]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=["metric", *DIFF_COLUMNS])
+    table = pd.concat(frames, ignore_index=True)
+    return table[["metric", *[c for c in table.columns if c != "metric"]]]
+
+
+def _differences_md(diffs: pd.DataFrame, half_width: float) -> str:
+    """The paired-differences table for report.md: which level differences the seeds resolve, and how
+    many seeds a CI of ±half_width would take."""
+    if not len(diffs):
+        return "_Not computed: no swept numeric axis has two levels with runs of the same seeds._"
+    rows = []
+    for d in diffs.to_dict("records"):
+        fixed = {k: v for k, v in d.items() if k not in ("metric", SUPERVISION_AXIS, *DIFF_COLUMNS) and not is_missing(v)}
+        needed = d["seeds_needed"]
+        rows.append({"metric": metric_label(d["metric"]), "arm": d.get(SUPERVISION_AXIS, "—"),
+                     "at": ", ".join(f"{axis_label(k)} {format_value(v)}" for k, v in fixed.items()) or "—",
+                     "levels": f"{axis_label(d['x'])} {format_value(d['from'])} → {format_value(d['to'])}",
+                     "difference (paired by seed)": plus_minus(d["mean_diff"], d["ci"], d["n"]),
+                     "resolved": "yes" if d["resolved"] else "no",
+                     f"seeds for ±{half_width:g}": "n/a" if is_missing(needed) else f"{needed:.0f}"})
+    return _markdown_table(pd.DataFrame(rows))
+
+
 def _cells_md(table: pd.DataFrame) -> str:
     """A per-cell table for report.md: the cell axes and "mean ± ci (n)"."""
     if not len(table):
@@ -321,12 +353,20 @@ def _cells_md(table: pd.DataFrame) -> str:
 
 
 def _report_md(title: str, runs: pd.DataFrame, axes: Sequence[str], primary: str, effects: pd.DataFrame,
-               gaps: pd.DataFrame, tables: dict[str, pd.DataFrame], plots: dict[str, Path]) -> str:
+               gaps: pd.DataFrame, tables: dict[str, pd.DataFrame], plots: dict[str, Path], diffs: pd.DataFrame,
+               half_width: float, design: str | None) -> str:
     """The whole report.md text."""
-    lines = [f"# {title}", "", _sweep_summary(runs, axes), "", "## How to read", "", HOW_TO_READ, "",
+    lines = [f"# {title}", "", _sweep_summary(runs, axes), ""]
+    if design:  # the scale axis means different things under fixed steps and fixed epochs
+        lines += [f"Training budget: {design}.", ""]
+    lines += ["## How to read", "", HOW_TO_READ, "",
              "## Headlines", *_headlines_md(effects, runs, axes, primary), "", "## Plots", ""]
     lines += [f"![{PLOT_CAPTIONS.get(name, name)}]({name})\n" for name in plots]
     lines += ["## Effects", "", _effects_md(effects, runs, axes), "",
+              "## Differences between levels (paired by seed)", "",
+              f"Each level minus the lowest level of its axis, paired by seed; resolved: the 95% CI excludes "
+              f"zero. The last column is how many seeds would give a CI of ±{half_width:g} at the observed spread "
+              f"of the differences.", "", _differences_md(diffs, half_width), "",
               "## Supervision gap (language − labels, paired by seed)", "", _gaps_md(gaps), "",
               "## Per-cell tables"]
     for metric in _main_metrics(list(tables), primary):
@@ -346,13 +386,16 @@ def _table_name(metric: str) -> str:
 
 
 def write_report(runs: pd.DataFrame, out_dir: str | os.PathLike, axes: Sequence[str], title: str,
-                 metrics: Sequence[str] | None = None, primary: str = PRIMARY_METRIC) -> dict[str, Path]:
+                 metrics: Sequence[str] | None = None, primary: str = PRIMARY_METRIC,
+                 half_width: float = 0.05, design: str | None = None) -> dict[str, Path]:
     """Write the sweep's tables, effects, supervision gap, plots and report.md into ``out_dir``.
 
     Files: tables/<metric with / as _>.csv per metric, effects.csv, effects.json,
-    supervision_gap.csv, acc_vs_nmi.png and acc_vs_size.png (only when that axis has more than
-    one value), robustness.png and report.md.  Returns {path relative to out_dir: Path}.
-    ``metrics`` defaults to every ``eval/`` column with a value.  Raises ValueError for an empty
+    supervision_gap.csv, paired_differences.csv (``half_width``: the CI half-width its seed counts aim
+    at), acc_vs_nmi.png and acc_vs_size.png (only when that axis has more than
+    one value), robustness.png, effective_robustness.png and report.md.  Returns {path relative to out_dir: Path}.
+    ``metrics`` defaults to every ``eval/`` column with a value; ``design`` (the sweep's training-budget
+    design, e.g. fixed steps or fixed epochs) is stated under the summary.  Raises ValueError for an empty
     frame or when no metric has a value.
 
         >>> paths = write_report(runs, "reports/nmi", ["nmi", "size", "seed", "supervision"], "NMI sweep")
@@ -376,8 +419,12 @@ def write_report(runs: pd.DataFrame, out_dir: str | os.PathLike, axes: Sequence[
     gaps = _gaps(runs, axes, _gap_metrics(runs))
     written["supervision_gap.csv"] = write_text_atomic(out_dir / "supervision_gap.csv", gaps.to_csv(index=False))
 
+    unseen = [m for m in unique_values([primary, UNSEEN_OBJECT, "eval/probe/unseen/object_top1"]) if has_values(runs, m)]
+    diffs = _differences(runs, axes, unseen, half_width)
+    written["paired_differences.csv"] = write_text_atomic(out_dir / "paired_differences.csv", diffs.to_csv(index=False))
+
     plots = write_plots(runs, out_dir, axes, primary)
     written.update(plots)
-    report = _report_md(title, runs, axes, primary, effects, gaps, tables, plots)
+    report = _report_md(title, runs, axes, primary, effects, gaps, tables, plots, diffs, half_width, design)
     written["report.md"] = write_text_atomic(out_dir / "report.md", report)
     return written

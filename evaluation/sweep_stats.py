@@ -11,7 +11,10 @@ columns named like the MLflow keys (``eval/unseen/pair_top1`` ...).  Reading MLf
   doubling), fitted to the individual runs (seeds pooled) with the other axes held fixed; its
   t-interval has n - 2 degrees of freedom and treats runs as independent (``slopes``);
 * the *supervision gap* is language minus labels accuracy, paired by seed within a cell
-  (``supervision_gap``).
+  (``supervision_gap``);
+* a *paired difference* is a metric at one level of an axis minus at its lowest level, paired by
+  seed, with whether its CI excludes zero and how many seeds a CI of a given half-width would need
+  at the observed spread (``paired_differences``).
 
 Usage::
 
@@ -35,7 +38,8 @@ from scipy import stats
 
 from evaluation.line_fit import fit_line
 
-__all__ = ["NUMERIC_AXES", "cell_table", "mean_ci", "slopes", "supervision_gap"]
+__all__ = ["NUMERIC_AXES", "cell_table", "mean_ci", "paired_differences", "seeds_for_half_width", "slopes",
+           "supervision_gap"]
 
 NUMERIC_AXES = {"nmi": "linear", "size": "log2", "diversity": "linear"}  # x-transform for slopes
 REPLICATE_AXIS = "seed"
@@ -45,6 +49,7 @@ CONFIDENCE = 0.95
 CELL_COLUMNS = ("mean", "ci", "n", "mean ± ci")
 SLOPE_COLUMNS = ("x", "slope", "se", "ci_low", "ci_high", "n", "x_range")
 GAP_COLUMNS = ("language_mean", "labels_mean", "mean_diff", "ci", "n", "mean ± ci")
+DIFF_COLUMNS = ("x", "from", "to", "mean_diff", "ci", "n", "resolved", "seeds_needed", "mean ± ci")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -141,6 +146,55 @@ def supervision_gap(runs: pd.DataFrame, axes: Sequence[str], metric: str,
                      "labels_mean": float(sub["labels"].mean()), "mean_diff": mean, "ci": ci, "n": n,
                      "mean ± ci": plus_minus(mean, ci)})
     return pd.DataFrame(rows, columns=columns)
+
+
+def paired_differences(runs: pd.DataFrame, axes: Sequence[str], metric: str, x: str,
+                       half_width: float = 0.05, confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """``metric`` at each level of ``x`` minus at its lowest level, paired by seed, per fixed setting.
+
+    A pair is two runs with the same other-axis values and seed (repeated runs of one setting are
+    averaged first). Columns: the fixed axes, then x (the axis name), from, to (the levels), mean_diff
+    (to − from), ci (t half-width), n (pairs), resolved (the CI excludes zero), seeds_needed (the
+    fewest seeds whose CI half-width would be ``half_width`` at the observed spread of the
+    differences; NaN with fewer than 2 pairs) and "mean ± ci".
+
+        >>> paired_differences(runs, ["nmi", "size", "seed", "supervision"], "eval/unseen/pair_top1", "nmi")
+    """
+    check_runs(runs)
+    _check_metric(runs, metric)
+    fixed = [a for a in swept_cell_axes(runs, axes) if a != x]
+    columns = [*fixed, *DIFF_COLUMNS]
+    if x not in runs.columns or REPLICATE_AXIS not in runs.columns:
+        return pd.DataFrame(columns=columns)
+    frame = runs[runs[metric].notna() & runs[x].notna()]
+    rows = []
+    for cell, sub in cell_groups(frame, fixed):
+        by_seed = sub.groupby([x, REPLICATE_AXIS])[metric].mean().unstack(x)  # [seed, level]
+        levels = sorted(by_seed.columns)
+        for level in levels[1:]:
+            diff = (by_seed[level] - by_seed[levels[0]]).dropna()
+            mean, ci, n = mean_ci(diff, confidence)
+            rows.append({**cell, "x": x, "from": as_scalar(levels[0]), "to": as_scalar(level), "mean_diff": mean,
+                         "ci": ci, "n": n, "resolved": bool(n >= 2 and abs(mean) > ci),
+                         "seeds_needed": seeds_for_half_width(diff, half_width, confidence),
+                         "mean ± ci": plus_minus(mean, ci)})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def seeds_for_half_width(values, half_width: float, confidence: float = CONFIDENCE, most: int = 10_000) -> float:
+    """The fewest replicates n whose t-interval half-width t(n-1) * sd / sqrt(n) is at most ``half_width``,
+    with sd the sample standard deviation of ``values``; NaN with fewer than 2 values.
+
+        >>> seeds_for_half_width([0.1, 0.3, 0.2], 0.05)   # sd 0.1: 18 seeds
+    """
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size < 2:
+        return math.nan
+    sd = float(arr.std(ddof=1))
+    for n in range(2, most + 1):
+        if float(stats.t.ppf((1.0 + confidence) / 2.0, n - 1)) * sd / math.sqrt(n) <= half_width:
+            return float(n)
+    return math.inf
 
 
 def _fit_row(x: pd.Series, y: pd.Series, kind: str, confidence: float) -> dict:

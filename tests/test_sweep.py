@@ -166,3 +166,20 @@ def test_a_requeued_submitit_cell_continues_its_own_run_folder():
     assert cell_argv(argv, env) == [*argv, "resume=auto"] and env["AOTRAIN_RUN_ID"] == "nmi0.1-seed0"
     named = [*argv, "resume=/runs/tiny-nmi0.1-seed0"]  # the sweep already resumed it: left as it is
     assert cell_argv(named, {"SLURM_RESTART_COUNT": "1"}) == named
+
+
+def test_fixed_epochs_budget_trains_each_cell_its_passes_over_its_subset(tmp_path):
+    from aotrain.config import compose, to_dict
+    from aotrain.sweeps.sweep import budget_design, cell_overrides, load_sweep_config
+
+    cfg = load_sweep_config(["recipe=tiny", "budget.epochs=2", "grid.size=[150,300]", f"paths.root={tmp_path}"])
+    cells = expand(to_dict(cfg.grid), to_dict(cfg.axes))
+    fits = {c.id: compose(cell_overrides(cfg, c)) for c in cells}
+    batch = next(iter(fits.values())).data.batch_size
+    for cell in cells:  # 2 epochs of the cell's own subset, whatever base's max_steps says
+        assert fits[cell.id].trainer.max_steps == round(2 * cell.knobs["size"] / batch)
+    assert fits[cells[0].id].trainer.max_steps < fits[cells[-1].id].trainer.max_steps
+    assert budget_design(cfg).startswith("fixed epochs: every cell trains 2 passes")
+    fixed = load_sweep_config(["recipe=tiny", "grid.size=[150,300]", f"paths.root={tmp_path}"])
+    assert {compose(cell_overrides(fixed, c)).trainer.max_steps for c in cells} == {4}  # base's steps, any size
+    assert budget_design(fixed).startswith("fixed steps")

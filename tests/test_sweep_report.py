@@ -12,7 +12,8 @@ from PIL import Image
 from scipy import stats
 
 from evaluation.sweep_report import write_report
-from evaluation.sweep_stats import cell_table, mean_ci, slopes, supervision_gap
+from evaluation.sweep_stats import (cell_table, mean_ci, paired_differences, seeds_for_half_width, slopes,
+                                     supervision_gap)
 
 AXES = ["nmi", "size", "seed", "supervision"]
 NMIS = (0.09, 0.4, 0.78)
@@ -100,12 +101,12 @@ def test_write_report_writes_tables_plots_and_headlines(tmp_path):
     runs = make_grid()
     paths = write_report(runs, tmp_path / "report", AXES + ["diversity"], title="Synthetic sweep")
     out = tmp_path / "report"
-    expected = {"report.md", "effects.csv", "effects.json", "supervision_gap.csv", "acc_vs_nmi.png",
-                "acc_vs_size.png", "robustness.png", "tables/eval_unseen_pair_top1.csv",
+    expected = {"report.md", "effects.csv", "effects.json", "supervision_gap.csv", "paired_differences.csv", "acc_vs_nmi.png",
+                "acc_vs_size.png", "robustness.png", "effective_robustness.png", "tables/eval_unseen_pair_top1.csv",
                 "tables/eval_seen_object_top1.csv", "tables/eval_czsl_auc.csv"}
     assert expected <= set(paths)
     assert all(path.is_file() and path.parent.is_relative_to(out) for path in paths.values())
-    for name in ("acc_vs_nmi.png", "acc_vs_size.png", "robustness.png"):
+    for name in ("acc_vs_nmi.png", "acc_vs_size.png", "robustness.png", "effective_robustness.png"):
         assert paths[name].stat().st_size > 10_000
         with Image.open(paths[name]) as image:
             assert min(image.size) > 200
@@ -118,12 +119,13 @@ def test_write_report_writes_tables_plots_and_headlines(tmp_path):
     assert set(gaps["metric"]) == {"eval/unseen/object_top1", "eval/seen/object_top1"}
 
     report = paths["report.md"].read_text(encoding="utf-8")
-    for name in ("acc_vs_nmi.png", "acc_vs_size.png", "robustness.png"):
+    for name in ("acc_vs_nmi.png", "acc_vs_size.png", "robustness.png", "effective_robustness.png"):
         assert f"]({name})" in report
     assert "At size 1,600 (CLIP, language supervision), unseen-pair top-1 changes by -0." in report
     assert "lowering NMI from 0.78 to 0.09 raises it by about 0.2" in report  # 0.3 * 0.69
     assert "growing size from 1,600 to 12,800 (3 doublings) raises it by about 0.1" in report  # 0.04 * 3
     assert "not in the data: diversity" in report
+    assert "## Differences between levels (paired by seed)" in report and "| NMI 0.09 → 0.78 |" in report
 
 
 def test_write_report_with_one_seed_per_cell(tmp_path):
@@ -168,3 +170,30 @@ def test_a_diversity_axis_gets_its_slope_and_plot(tmp_path):
     assert "acc_vs_diversity.png" in written and "acc_vs_size.png" in written
     assert Image.open(tmp_path / "acc_vs_diversity.png").size[0] > 300
     assert "acc_vs_diversity.png" in (tmp_path / "report.md").read_text()
+
+
+def test_paired_differences_pair_by_seed_and_say_what_is_resolved():
+    runs = make_grid(noise=0.005)
+    diffs = paired_differences(runs, AXES, "eval/unseen/pair_top1", "nmi", half_width=0.01)
+    language = diffs[diffs["supervision"] == "language"]
+    assert len(language) == len(SIZES) * (len(NMIS) - 1)  # every level against the lowest, per size
+    for row in language.to_dict("records"):
+        sub = runs[(runs["supervision"] == "language") & (runs["size"] == row["size"])]
+        at = {level: sub[sub["nmi"] == level].set_index("seed")["eval/unseen/pair_top1"] for level in NMIS}
+        diff = (at[row["to"]] - at[row["from"]]).to_numpy()  # paired by seed
+        mean, ci, n = mean_ci(diff)
+        assert row["from"] == 0.09 and row["mean_diff"] == pytest.approx(mean) and row["ci"] == pytest.approx(ci)
+        assert row["mean_diff"] == pytest.approx(NMI_SLOPE * (row["to"] - 0.09), abs=0.02) and row["resolved"]
+    assert diffs[diffs["supervision"] == "labels"].empty  # labels runs have no pair metric
+    noisy = paired_differences(make_grid(noise=0.3), AXES, "eval/unseen/pair_top1", "nmi", half_width=0.01)
+    assert not noisy["resolved"].all() and (noisy["seeds_needed"] > 3).all()
+
+
+def test_seeds_for_half_width_is_the_smallest_n_whose_t_interval_fits():
+    values = [0.12, 0.31, 0.2, 0.05]
+    sd = np.std(values, ddof=1)
+    n = int(seeds_for_half_width(values, 0.04))
+    def half(k):
+        return stats.t.ppf(0.975, k - 1) * sd / math.sqrt(k)
+    assert half(n) <= 0.04 < half(n - 1)
+    assert math.isnan(seeds_for_half_width([0.3], 0.04))

@@ -63,7 +63,8 @@ def report_sweep(tracking_uri: str, parent_run_id: str, out_dir: Path, primary: 
     axes = json.loads(parent.data.params.get("sweep.axes", "null")) or _axes(runs)
     primary = primary or parent.data.params.get("sweep.primary", "eval/unseen/pair_top1")
     title = f"Sweep {parent.data.tags.get('aotrain.sweep', parent_run_id)}"
-    written = write_report(runs, Path(out_dir), axes=axes, title=title, primary=primary)
+    written = write_report(runs, Path(out_dir), axes=axes, title=title, primary=primary,
+                           design=parent.data.params.get("sweep.budget"))
     runs.to_csv(Path(out_dir) / "runs.csv", index=False)
     client.log_artifacts(parent_run_id, str(out_dir), artifact_path=REPORT_ARTIFACTS)
     return written["report.md"] if "report.md" in written else Path(out_dir) / "report.md"

@@ -53,9 +53,30 @@ def load_sweep_config(overrides: list[str]):
 
 def cell_overrides(cfg, cell: Cell) -> list[str]:
     """The fit overrides of one cell: the sweep's base, the command line's extra, the cell's knobs,
-    then where it runs (name, run id, output root)."""
-    return [*cfg.base, *cfg.extra, *cell.overrides,
-            f"name={cfg.name}", f"run_id={cell.id}", f"paths.root={cfg.paths.root}"]
+    then where it runs (name, run id, output root) and, with budget.epochs, its steps."""
+    overrides = [*cfg.base, *cfg.extra, *cell.overrides,
+                 f"name={cfg.name}", f"run_id={cell.id}", f"paths.root={cfg.paths.root}"]
+    if cfg.budget.epochs is not None:
+        overrides.append(f"trainer.max_steps={epoch_steps(compose(overrides), cfg.budget.epochs)}")
+    return overrides
+
+
+def epoch_steps(fit_cfg, epochs: float) -> int:
+    """Optimizer steps for `epochs` passes over the cell's subset at its global batch (batch x devices x nodes)."""
+    size = fit_cfg.subset.size
+    if size is None:
+        raise UserError("budget.epochs needs a subset size per cell: sweep size or set subset.size in base")
+    devices = fit_cfg.trainer.get("devices", 1)
+    ranks = (devices if isinstance(devices, int) else 1) * int(fit_cfg.trainer.get("num_nodes", 1) or 1)
+    return max(1, round(float(epochs) * int(size) / (int(fit_cfg.data.batch_size) * ranks)))
+
+
+def budget_design(cfg) -> str:
+    """The scale design in words, for the report and the parent run."""
+    if cfg.budget.epochs is None:
+        return "fixed steps: every cell trains the same number of steps, so a larger subset is seen fewer times"
+    return (f"fixed epochs: every cell trains {cfg.budget.epochs:g} passes over its subset, so steps grow with "
+            "its size")
 
 
 def prepare_cells(cfg, cells: list[Cell]) -> dict[str, dict]:
@@ -127,6 +148,7 @@ def ensure_parent(cfg, state: SweepState, client, logger: dict, cells: list[Cell
     grid = {a: v for a, v in to_dict(cfg.grid).items() if v is not None}
     params = {"sweep.name": cfg.name, "sweep.cells": len(cells), "sweep.base": " ".join(cfg.base),
               "sweep.axes": json.dumps(list(grid)), "sweep.primary": cfg.report.primary,
+              "sweep.budget": budget_design(cfg),
               **{f"sweep.grid.{a}": json.dumps(v) for a, v in grid.items()}}
     parent = create_run(client, experiment, run_name=cfg.name, params=params,
                         tags={"aotrain.kind": "sweep", "aotrain.sweep": cfg.name})
