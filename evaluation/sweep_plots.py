@@ -76,7 +76,7 @@ def metric_label(metric: str) -> str:
     name = parts[-1]
     match = re.fullmatch(r"(.*)_top(\d+)(.*)", name)
     if match:
-        name = f"{match[1]} top-{match[2]}{match[3].replace('_', ' ')}"
+        name = f"{match[1].replace('_', ' ')} top-{match[2]}{match[3].replace('_', ' ')}"
     else:
         name = name.upper() if len(name) <= 3 else name.replace("_", " ")
     if len(parts) == 2 and parts[0] == "czsl":

@@ -153,10 +153,19 @@ def _gap_metrics(runs: pd.DataFrame) -> list[str]:
     return both
 
 
+# CLIP metrics compared with a differently named twin metric: object accuracy by pair marginalisation
+# (a twin has no pair prompts) against the twin's own head
+CROSS_GAPS = {f"eval/{g}/object_marginal_top1": f"eval/{g}/object_top1" for g in ("seen", "unseen")}
+
+
 def _gaps(runs: pd.DataFrame, axes: Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:
-    """``supervision_gap`` of each metric, stacked with a leading metric column."""
+    """``supervision_gap`` of each metric (and of each CROSS_GAPS pair present), stacked with a leading
+    metric column ("A vs B" for a cross pair)."""
     keys = [a for a in swept_cell_axes(runs, axes) if a != SUPERVISION_AXIS]
     frames = [supervision_gap(runs, axes, m).assign(metric=m) for m in metrics]
+    if SUPERVISION_AXIS in runs.columns:
+        frames += [supervision_gap(runs, axes, clip, labels_metric=twin).assign(metric=f"{clip} vs {twin}")
+                   for clip, twin in CROSS_GAPS.items() if has_values(runs, clip) and has_values(runs, twin)]
     frames = [f for f in frames if len(f)]
     columns = ["metric", *keys, *GAP_COLUMNS]
     if not frames:
@@ -309,9 +318,17 @@ def _gaps_md(gaps: pd.DataFrame) -> str:
     if not len(gaps):
         return "_Not computed: no object metric has both language- and label-supervised runs to pair._"
     shown = gaps.drop(columns=["mean_diff", "ci", "mean ± ci", "n"]).assign(
-        metric=[metric_label(m) for m in gaps["metric"]],
+        metric=[_gap_label(m) for m in gaps["metric"]],
         **{"gap (language − labels)": [plus_minus(m, c, n) for m, c, n in zip(gaps["mean_diff"], gaps["ci"], gaps["n"])]})
     return _markdown_table(shown)
+
+
+def _gap_label(metric: str) -> str:
+    """"unseen-object top-1", or for a cross pair "unseen-object marginal top-1 (CLIP) vs unseen-object top-1 (twin)"."""
+    if " vs " not in metric:
+        return metric_label(metric)
+    clip, twin = metric.split(" vs ")
+    return f"{metric_label(clip)} (CLIP) vs {metric_label(twin)} (twin)"
 
 
 def _differences(runs: pd.DataFrame, axes: Sequence[str], metrics: Sequence[str], half_width: float) -> pd.DataFrame:

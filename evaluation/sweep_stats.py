@@ -122,8 +122,11 @@ def slopes(runs: pd.DataFrame, axes: Sequence[str], metric: str, x: str,
 
 
 def supervision_gap(runs: pd.DataFrame, axes: Sequence[str], metric: str,
-                    confidence: float = CONFIDENCE) -> pd.DataFrame:
+                    confidence: float = CONFIDENCE, labels_metric: str | None = None) -> pd.DataFrame:
     """Language minus labels ``metric`` per cell, paired by seed: mean diff, ci and n (pairs).
+
+    ``labels_metric``: the supervised side's metric when it differs (e.g. CLIP's pair-marginalised
+    object accuracy against the twin's head, which has no pair prompts); default ``metric``.
 
     A pair is a language run and a labels run with the same other-axis values and seed (repeated
     runs of one setting are averaged first).  Columns: the cell axes (without supervision), then
@@ -138,7 +141,7 @@ def supervision_gap(runs: pd.DataFrame, axes: Sequence[str], metric: str,
     columns = [*keys, *GAP_COLUMNS]
     if SUPERVISION_AXIS not in runs.columns:
         return pd.DataFrame(columns=columns)
-    paired = _paired_twins(runs, keys, metric)
+    paired = _paired_twins(runs, keys, metric, labels_metric or metric)
     rows = []
     for cell, sub in cell_groups(paired, keys):
         mean, ci, n = mean_ci(sub["language"] - sub["labels"], confidence)
@@ -220,13 +223,14 @@ def axis_transform(values, kind: str) -> np.ndarray:
     raise ValueError(f"unknown axis transform {kind!r} (expected 'linear' or 'log2')")
 
 
-def _paired_twins(runs: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
+def _paired_twins(runs: pd.DataFrame, keys: list[str], metric: str, labels_metric: str) -> pd.DataFrame:
     """One row per (keys, seed) with both twins: the key columns plus "language" and "labels"."""
     pair_keys = [*keys, REPLICATE_AXIS] if REPLICATE_AXIS in runs.columns else list(keys)
     # A constant column keeps groupby/merge working when there is nothing else to pair on.
-    frame = runs[runs[metric].notna()].assign(_pair=0)
+    frame = runs.assign(_pair=0)
     pair_keys.append("_pair")
-    sides = [_twin_side(frame, side, pair_keys, metric) for side in ("language", "labels")]
+    sides = [_twin_side(frame[frame[m].notna()], side, pair_keys, m)
+             for side, m in (("language", metric), ("labels", labels_metric))]
     return sides[0].merge(sides[1], on=pair_keys, how="inner")
 
 

@@ -197,3 +197,18 @@ def test_seeds_for_half_width_is_the_smallest_n_whose_t_interval_fits():
         return stats.t.ppf(0.975, k - 1) * sd / math.sqrt(k)
     assert half(n) <= 0.04 < half(n - 1)
     assert math.isnan(seeds_for_half_width([0.3], 0.04))
+
+
+def test_clip_marginal_object_accuracy_is_paired_with_the_twins_head(tmp_path):
+    runs = make_grid()
+    clip = runs["supervision"] == "language"
+    runs["eval/unseen/object_marginal_top1"] = np.where(clip, runs["eval/unseen/object_top1"] + 0.05, np.nan)
+    gaps = pd.read_csv(write_report(runs, tmp_path, AXES, title="x")["supervision_gap.csv"])
+    cross = gaps[gaps["metric"] == "eval/unseen/object_marginal_top1 vs eval/unseen/object_top1"]
+    assert len(cross) == len(NMIS) * len(SIZES)
+    for row in cross.to_dict("records"):  # CLIP's marginal accuracy minus the twin's head accuracy, by seed
+        cell = runs[(runs["nmi"] == row["nmi"]) & (runs["size"] == row["size"])]
+        language = cell[cell["supervision"] == "language"].set_index("seed")["eval/unseen/object_marginal_top1"]
+        labels = cell[cell["supervision"] == "labels"].set_index("seed")["eval/unseen/object_top1"]
+        assert row["mean_diff"] == pytest.approx((language - labels).mean())
+    assert "unseen-object marginal top-1 (CLIP) vs unseen-object top-1 (twin)" in (tmp_path / "report.md").read_text()
