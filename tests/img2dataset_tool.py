@@ -11,6 +11,8 @@ of its own. `img2dataset_executable()` finds it in this order:
     else it makes that venv: `python -m venv` + `pip install img2dataset==1.47.0` (about a minute,
     once), under a file lock (two pytest processes install once), into a temporary folder renamed
     into place when complete (an interrupted install leaves nothing that looks finished).
+    conftest.py calls `prestart()` when the session has tests that need the tool: the install then
+    runs in a background thread while other tests run, instead of when the first pool is asked for.
 If the install fails the calling test skips with pip's last lines, or fails when $CI is "true".
 
 Tests run the tool as a user would: images on disk, a parquet of (url=file:///..., caption) rows, the
@@ -27,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import pyarrow as pa
@@ -55,6 +58,22 @@ IMG2DATASET_FLAGS = ["--input_format", "parquet", "--url_col", "url", "--caption
 # ------------------------------------------------------------ the executable
 _found: Path | None = None
 _failure: str | None = None  # why the install failed: tried once per process, not once per fixture
+_prestarted: threading.Thread | None = None
+
+
+def prestart() -> None:
+    """Find or install the executable in a background thread (img2dataset_executable() waits for it).
+    Not a daemon thread: a process that ends first still finishes an install another one waits for."""
+    global _prestarted
+    if _prestarted is not None or _found is not None or _failure is not None or os.environ.get(ENV_VAR):
+        return
+
+    def locate() -> None:
+        global _found, _failure
+        _found, _failure = _locate()
+
+    _prestarted = threading.Thread(target=locate, name="img2dataset-install")
+    _prestarted.start()
 
 
 def img2dataset_executable() -> Path:
@@ -62,6 +81,8 @@ def img2dataset_executable() -> Path:
 
     Skips the calling test when it cannot be installed (fails instead when $CI is "true")."""
     global _found, _failure
+    if _prestarted is not None:
+        _prestarted.join()  # an error in the thread leaves both None: looked for again below
     if _found is None:
         if _failure is None:
             _found, _failure = _locate()

@@ -47,7 +47,7 @@ def test_print_config_shows_the_recipe(tmp_path):
 
 
 def test_unreachable_subset_target_names_the_feasible_range(tmp_path):
-    proc = run_cli("fit", "debug=smoke", "subset.nmi=0.999", root=tmp_path, timeout=120)
+    proc = run_cli_here("fit", "debug=smoke", "subset.nmi=0.999", root=tmp_path)
     assert proc.returncode == 2
     assert "feasible NMI range" in proc.stderr and "Traceback" not in proc.stderr
     assert not list(tmp_path.glob("toyworld/*/subsets/*")), "no half-written subset"

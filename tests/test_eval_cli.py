@@ -42,8 +42,8 @@ def _assert_user_error(proc, *fragments):
         assert fragment in lines[0], lines[0]
 
 
-def test_eval_reproduces_the_callback_numbers(smoke_fit):
-    root, _ = smoke_fit
+def test_eval_reproduces_the_callback_numbers(smoke_copy):
+    root = smoke_copy  # eval writes <run_dir>/eval-last-run/
     run_dir = _run_dir(root)
     proc = run_cli("eval", f"checkpoint={run_dir / 'checkpoints' / 'last.ckpt'}", root=root)
     assert proc.returncode == 0, proc.stderr[-3000:]

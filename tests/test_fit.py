@@ -1,10 +1,11 @@
 """`aotrain fit` end to end (smoke config): the run, its metrics and artifacts in a real MLflow store."""
 import json
+import shutil
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from conftest import run_cli
+from conftest import run_cli, run_cli_here
 
 EVAL_METRICS = [f"eval/{split}/{m}" for split in ("unseen", "seen")
                 for m in ("pair_top1", "pair_top5", "object_top1", "attribute_top1")]
@@ -47,8 +48,9 @@ def test_fit_writes_one_mlflow_run_with_params_metrics_artifacts(smoke_fit):
     assert {"metrics.json", "eval_table.csv"} <= eval_files
 
 
-def test_same_config_and_seed_give_the_same_numbers_and_reuse_the_world(smoke_fit):
-    root, _ = smoke_fit
+def test_same_config_and_seed_give_the_same_numbers_and_reuse_the_world(smoke_fit, tmp_path):
+    root = tmp_path / "root"  # a copy: other tests (other workers) read the smoke root while this fit runs
+    shutil.copytree(smoke_fit[0], root)  # modification times kept: the cached stages still match
     worlds = sorted((root / "toyworld").rglob("*"))
     client = _client(root)
     experiment = client.get_experiment_by_name("aotrain")
@@ -68,10 +70,11 @@ def test_same_config_and_seed_give_the_same_numbers_and_reuse_the_world(smoke_fi
 def test_real_data_path_trains_on_given_shards_and_benchmark(smoke_fit, tmp_path):
     """No toy world: a pool folder and an ImageNet-AO folder given by path, as for CC12M."""
     world = next((smoke_fit[0] / "toyworld").iterdir())
-    proc = run_cli("fit", "recipe=null", "~world", f"data.pool={world}/pool", "eval=imagenet_ao",
-                   f"eval.benchmarks.imagenet_ao={world}/imagenet_ao/unseen", "model.name=toy-vit-micro",
-                   "data.batch_size=32", "data.num_workers=0", "trainer.max_steps=2", "eval.num_workers=0",
-                   "trainer.enable_progress_bar=false", root=tmp_path)
+    # In this process: the CLI path of a fit is the smoke fit's; here what counts is what it trained on.
+    proc = run_cli_here("fit", "recipe=null", "~world", f"data.pool={world}/pool", "eval=imagenet_ao",
+                        f"eval.benchmarks.imagenet_ao={world}/imagenet_ao/unseen", "model.name=toy-vit-micro",
+                        "data.batch_size=32", "data.num_workers=0", "trainer.max_steps=2", "eval.num_workers=0",
+                        "trainer.enable_progress_bar=false", root=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not (tmp_path / "toyworld").exists()
     summary = json.loads(next((tmp_path / "runs").glob("run-*/summary.json")).read_text())
@@ -82,7 +85,7 @@ def test_real_data_path_trains_on_given_shards_and_benchmark(smoke_fit, tmp_path
 
 def test_subset_pairs_sets_the_number_of_distinct_pairs(tmp_path):
     """Diversity as a knob: subset.pairs=K trains on exactly K distinct attribute-object pairs."""
-    proc = run_cli("fit", "debug=smoke", "subset.nmi=null", "subset.pairs=40", root=tmp_path)
+    proc = run_cli_here("fit", "debug=smoke", "subset.nmi=null", "subset.pairs=40", root=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "at 40 distinct pairs" in proc.stderr
     summary = json.loads(next((tmp_path / "runs").glob("toy_low_nmi-*/summary.json")).read_text())

@@ -77,6 +77,10 @@ def test_exported_checkpoint_evaluates_to_the_callbacks_metrics(full_run):
         assert f"eval: step {step}, rank 1 of 2 encoded 100 of 140 images" in stderr
 
 
+# Two more 2-process fits (~45 s on 2 cores). The kill -9 drill of the default suite is tests/test_resume.py
+# (one process, exact weights), and a 2-rank pre-emption resumes exactly under Slurm
+# (tests/test_slurm_cluster.py); this one adds FSDP2's sharded checkpoint: `pytest -m slow`.
+@pytest.mark.slow
 def test_kill9_and_resume_give_the_uninterrupted_runs_exact_weights(full_run):
     root, run_dir, *_ = full_run
     cut = run_cli(*ARGS, root=root, env={"AOTRAIN_RUN_ID": "cut", "AOTRAIN_FAULT_AT_STEP": "3"}, timeout=900)

@@ -17,7 +17,7 @@ from aotrain.data.shard_stream import SKIP_COLUMNS
 from aotrain.modules.clip import CLIPModule
 from aotrain.modules.supervised import SupervisedModule
 from aotrain.parity import ITEMS, differences
-from conftest import run_cli
+from conftest import run_cli, run_cli_here
 
 OPTIM = {"lr": 1e-3, "weight_decay": 0.1, "warmup_steps": 1}
 CAPTIONS = ["a red circle", "two blue squares", "a photo of something",  # no pair: dropped
@@ -161,8 +161,8 @@ def test_supervised_twin_through_the_cli_shares_the_table(twin_root):
 
 def test_a_run_that_is_not_a_twin_stops_before_training(twin_root):
     before = sorted(p.name for p in (twin_root / "runs").iterdir())
-    proc = run_cli("fit", "recipe=toy_low_nmi_supervised", "debug=smoke", "data.batch_size=16", "trainer.max_steps=8",
-                   f"parity.twin={_clip_run(twin_root)}", root=twin_root)
+    proc = run_cli_here("fit", "recipe=toy_low_nmi_supervised", "debug=smoke", "data.batch_size=16",
+                        "trainer.max_steps=8", f"parity.twin={_clip_run(twin_root)}", root=twin_root)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     line = next(x for x in proc.stderr.splitlines() if x.startswith("aotrain fit: error:"))
     assert "global_batch: this run 16, twin 32" in line and "max_steps: this run 8, twin 4" in line

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, run_cli_here
 
 JOURNAL = "mlflow_journal.jsonl"
 
@@ -192,7 +192,8 @@ def check_every_step_once(drill: dict, uri: str) -> dict:
 ])
 def test_a_store_that_cannot_take_the_run_stops_fit_before_any_work(tmp_path, uri, says):
     started = time.time()
-    proc = run_cli("fit", "debug=smoke", root=tmp_path, env={"MLFLOW_TRACKING_URI": uri}, timeout=120)
+    # In this process (the CLI's main(), no interpreter start): the check comes before any work.
+    proc = run_cli_here("fit", "debug=smoke", root=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
     seconds = time.time() - started
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -203,8 +204,7 @@ def test_a_store_that_cannot_take_the_run_stops_fit_before_any_work(tmp_path, ur
 
 
 def test_sweep_checks_the_store_first(tmp_path):
-    proc = run_cli("sweep", "recipe=tiny", root=tmp_path, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"},
-                   timeout=120)
+    proc = run_cli_here("sweep", "recipe=tiny", root=tmp_path, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
     assert proc.returncode == 2 and "aotrain sweep: error:" in proc.stderr and "Connection refused" in proc.stderr
     assert list(tmp_path.iterdir()) == []
 
@@ -327,7 +327,7 @@ def test_a_store_down_at_the_end_leaves_a_journal_that_sync_sends_once(tmp_path,
 
 
 def test_sync_refuses_a_folder_without_a_journal(tmp_path):
-    proc = run_cli("sync", str(tmp_path), root=tmp_path, timeout=120)
+    proc = run_cli_here("sync", str(tmp_path), root=tmp_path)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("aotrain sync: error: no MLflow journal")
 
 
@@ -383,8 +383,8 @@ def test_sync_copies_a_finished_run_to_another_store_once(drill, tmp_path):
 
 def test_eval_checks_the_store_before_evaluating(drill, tmp_path):
     ckpt = drill[1]["run_dir"] / "checkpoints" / "last.ckpt"
-    proc = run_cli("eval", f"checkpoint={ckpt}", "log_to=new", f"out={tmp_path}/eval", root=tmp_path,
-                   env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, timeout=300)
+    proc = run_cli_here("eval", f"checkpoint={ckpt}", "log_to=new", f"out={tmp_path}/eval", root=tmp_path,
+                        env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().startswith("aotrain eval: error: logger.tracking_uri=http://127.0.0.1:9")
     assert not (tmp_path / "eval").exists()
