@@ -23,7 +23,7 @@ one image as many times as it is short, and drop the result.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -71,6 +71,32 @@ class RankSlice:
             return 0
         owners = _owners(one_process_batches(sizes, batch_size), sizes, self.world_size)
         return max(owners.count(r) for r in range(self.world_size)) - owners.count(self.rank)
+
+
+def rank_batches(splits: Mapping, batch_size: int, rank_slice: RankSlice, num_workers: int = 0,
+                 pin_memory: bool = False, progress: bool = False) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(split index, images [B, 3, H, W], labels [B]) of this rank's slice of the benchmark `splits`
+    ({name: dataset}), in the one-process batches and order (every split when alone)."""
+    names = list(splits)
+    for i, start, stop in rank_slice.ranges([len(ds) for ds in splits.values()], batch_size):
+        ds = splits[names[i]]
+        part = ds if (start, stop) == (0, len(ds)) else torch.utils.data.Subset(ds, range(start, stop))
+        loader = torch.utils.data.DataLoader(part, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                             pin_memory=pin_memory)
+        if progress:
+            from tqdm.auto import tqdm
+
+            loader = tqdm(loader, desc=f"eval {names[i]}", leave=False)
+        for images, labels in loader:
+            yield i, images, labels
+
+
+def idle_forwards(forward, splits: Mapping, batch_size: int, rank_slice: RankSlice) -> None:
+    """Under sharded weights (lockstep) every rank joins every forward: call `forward` on one image as
+    many times as this rank has batches fewer than the busiest rank (the results are dropped)."""
+    first = next(iter(splits.values()))
+    for _ in range(rank_slice.idle_calls([len(ds) for ds in splits.values()], batch_size)):
+        forward(first[0][0].unsqueeze(0))  # [1, 3, H, W]
 
 
 def one_process_batches(sizes: Sequence[int], batch_size: int) -> list[tuple[int, int, int]]:

@@ -55,7 +55,7 @@ from data_filters.files import write_text_atomic
 from data_filters.vocab import Vocabulary, phrase
 
 from .czsl import CZSLCurve, czsl_curve
-from .distributed import RankSlice, gather_rows
+from .distributed import RankSlice, gather_rows, idle_forwards, rank_batches
 from .imagenet_ao import AOFolder
 from .metrics import class_mean_accuracy, per_class_accuracy
 from .models import HeadModel, ZeroShotModel
@@ -189,41 +189,33 @@ def _score(model, splits: Mapping[str, AOFolder], candidates, attributes, object
         pair_objects = _pair_objects(candidates, attributes, objects, marginal_from)  # [C] object of each prompt
         widths["object_marginal"] = min(TOP_K, len(objects))
 
-    names, sizes = list(splits), [len(ds) for ds in splits.values()]
+    names = list(splits)
+    pairs = [ds.pairs for ds in splits.values()]  # per split: its pair index -> (attribute, object)
+    to_pair = [torch.tensor([pair_idx[p] for p in ps]) for ps in pairs]  # per split: -> candidate index
+    to_attr = [torch.tensor([attr_idx[a] for a, _ in ps]) for ps in pairs]
+    to_obj = [torch.tensor([obj_idx[o] for _, o in ps]) for ps in pairs]
     split_ids, targets, tops, pair_scores = [], {t: [] for t in TASKS}, {t: [] for t in widths}, []
-    for i, start, stop in rank_slice.ranges(sizes, batch_size):  # the whole benchmark in one process
-        name, ds = names[i], splits[names[i]]
-        part = ds if (start, stop) == (0, len(ds)) else torch.utils.data.Subset(ds, range(start, stop))
-        loader = torch.utils.data.DataLoader(part, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                             pin_memory=torch.device(model.device).type == "cuda")
-        if progress:
-            from tqdm.auto import tqdm
-
-            loader = tqdm(loader, desc=f"eval {name}", leave=False)
-        to_pair = torch.tensor([pair_idx[p] for p in ds.pairs])
-        to_attr = torch.tensor([attr_idx[a] for a, _ in ds.pairs])
-        to_obj = torch.tensor([obj_idx[o] for _, o in ds.pairs])
-        for images, local in loader:
-            feats = model.features(images)  # [B, D] unit features, or {task: [B, H]} head logits
-            targets["pair"].append(to_pair[local])
-            targets["attribute"].append(to_attr[local])
-            targets["object"].append(to_obj[local])
-            targets["pair_open"].append(to_attr[local] * len(objects) + to_obj[local])
-            targets["object_marginal"].append(to_obj[local])
-            split_ids.append(torch.full((len(local),), i))
-            if isinstance(model, HeadModel):
-                for task, cols in head_cols.items():
-                    tops[task].append(_top(feats[task][:, cols]))  # [B, <=5] over the benchmark's classes
-                continue
-            for task, w in weights.items():
-                logits = logit_scale * feats @ w.T  # [B, C]
-                tops[task].append(_top(logits))
-                if task == "pair":
-                    pair_scores.append(logits)
-                if task == marginal_from:
-                    tops["object_marginal"].append(_top(object_marginal(logits, pair_objects, len(objects))))
-    for _ in range(rank_slice.idle_calls(sizes, batch_size)):  # sharded weights: every rank joins every forward
-        model.features(splits[names[0]][0][0].unsqueeze(0))  # [1, 3, H, W], result dropped
+    pin = torch.device(model.device).type == "cuda"
+    for i, images, local in rank_batches(splits, batch_size, rank_slice, num_workers, pin, progress):
+        feats = model.features(images)  # [B, D] unit features, or {task: [B, H]} head logits
+        targets["pair"].append(to_pair[i][local])
+        targets["attribute"].append(to_attr[i][local])
+        targets["object"].append(to_obj[i][local])
+        targets["pair_open"].append(to_attr[i][local] * len(objects) + to_obj[i][local])
+        targets["object_marginal"].append(to_obj[i][local])
+        split_ids.append(torch.full((len(local),), i))
+        if isinstance(model, HeadModel):
+            for task, cols in head_cols.items():
+                tops[task].append(_top(feats[task][:, cols]))  # [B, <=5] over the benchmark's classes
+            continue
+        for task, w in weights.items():
+            logits = logit_scale * feats @ w.T  # [B, C]
+            tops[task].append(_top(logits))
+            if task == "pair":
+                pair_scores.append(logits)
+            if task == marginal_from:
+                tops["object_marginal"].append(_top(object_marginal(logits, pair_objects, len(objects))))
+    idle_forwards(model.features, splits, batch_size, rank_slice)
 
     rows = {"split": _cat(split_ids, ())}  # [n] split index per image
     rows.update({f"target/{t}": _cat(v, ()) for t, v in targets.items()})  # [n] class index

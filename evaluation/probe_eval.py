@@ -26,7 +26,7 @@ import torch
 
 from data_filters.vocab import Vocabulary
 
-from .distributed import RankSlice, gather_rows
+from .distributed import RankSlice, gather_rows, idle_forwards, rank_batches
 from .evaluate import _head_columns
 from .imagenet_ao import AOFolder
 from .linear_probe import fit_probe
@@ -39,7 +39,7 @@ def _features(tower: Callable[[torch.Tensor], torch.Tensor], images: torch.Tenso
 
 def probe_benchmark(tower: Callable[[torch.Tensor], torch.Tensor], train_batches: Iterable, splits: Mapping[str, AOFolder],
                     objects: Sequence[str], seen_pairs: Mapping | set | None = None, vocab: Vocabulary | None = None,
-                    batch_size: int = 256, device: str | torch.device = "cpu",
+                    batch_size: int = 256, num_workers: int = 0, device: str | torch.device = "cpu",
                     rank_slice: RankSlice = RankSlice()) -> dict[str, float]:
     """Fit the probe on `train_batches`' features, report its object accuracy per benchmark group."""
     feats, labels = [], []
@@ -59,19 +59,15 @@ def probe_benchmark(tower: Callable[[torch.Tensor], torch.Tensor], train_batches
     candidates = sorted({o for ds in splits.values() for _, o in ds.pairs})
     columns = torch.tensor(_head_columns("object", objects, candidates, vocab))
     target = {o: i for i, o in enumerate(candidates)}
-    names, sizes = list(splits), [len(ds) for ds in splits.values()]
+    names = list(splits)
     rows = {"split": [], "object": [], "pair": [], "prediction": []}
-    for i, start, stop in rank_slice.ranges(sizes, batch_size):
-        ds = splits[names[i]]
-        part = torch.utils.data.Subset(ds, range(start, stop))
-        for images, local in torch.utils.data.DataLoader(part, batch_size=batch_size, shuffle=False):
-            logits = probe.logits(_features(tower, images, device))[:, columns]  # [B, n candidates]
-            rows["prediction"].append(logits.argmax(dim=1))
-            rows["object"].append(torch.tensor([target[ds.pairs[y][1]] for y in local.tolist()]))
-            rows["pair"].append(local)
-            rows["split"].append(torch.full((len(local),), i))
-    for _ in range(rank_slice.idle_calls(sizes, batch_size)):  # sharded weights: join every forward
-        _features(tower, splits[names[0]][0][0].unsqueeze(0), device)
+    for i, images, local in rank_batches(splits, batch_size, rank_slice, num_workers):
+        logits = probe.logits(_features(tower, images, device))[:, columns]  # [B, n candidates]
+        rows["prediction"].append(logits.argmax(dim=1))
+        rows["object"].append(torch.tensor([target[splits[names[i]].pairs[y][1]] for y in local.tolist()]))
+        rows["pair"].append(local)
+        rows["split"].append(torch.full((len(local),), i))
+    idle_forwards(lambda images: _features(tower, images, device), splits, batch_size, rank_slice)
     cat = {k: torch.cat(v) if v else torch.empty(0, dtype=torch.long) for k, v in rows.items()}
     if rank_slice.world_size > 1:
         cat = {k: gather_rows(v) for k, v in cat.items()}

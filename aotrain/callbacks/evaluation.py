@@ -71,7 +71,7 @@ class BenchmarkEvaluation(L.Callback):
         batches = dm.probe_batches(self.probe_samples // trainer.world_size, bench.batch_size)
         return probe_benchmark(pl_module.vision_tower(), batches, bench.splits, label_classes(dm.vocabulary)["object"],
                                seen_pairs=bench.seen_pairs, vocab=bench.vocab, batch_size=bench.batch_size,
-                               device=pl_module.device, rank_slice=part)
+                               num_workers=bench.num_workers, device=pl_module.device, rank_slice=part)
 
     def _run(self, trainer, pl_module, final: bool = False):
         step = trainer.global_step
