@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -25,13 +24,11 @@ from .parse import CaptionParser
 from .pools import Pool, open_pool
 from .sources import CaptionStream, caption_parts
 from .vocab import load_vocabulary
-from .workers import tied_to_parent
+from .workers import PARALLEL_FROM_BYTES, tied_to_parent, usable_cpus
 
 SCHEMA = pa.schema([("uid", pa.string()), ("attribute", pa.string()), ("object", pa.string()),
                     ("caption_hash", pa.int64()), ("template_hash", pa.int64()), ("image_hash", pa.string())])
 ROWS_PER_PART = 1 << 18  # a parquet file larger than this is split by row groups into parts of about this size
-# Below this size of caption files one process labels everything: starting a worker costs about a second.
-PARALLEL_FROM_BYTES = 16 << 20
 
 _WORKER: dict = {}
 
@@ -81,7 +78,7 @@ def label_parts(sources, vocab_spec: str, window: int = 2, uid_column: str | Non
     parts = caption_parts(pool, ROWS_PER_PART)
     start = (vocab_spec, window, uid_column, caption_column)
     if workers is None:
-        workers = len(os.sched_getaffinity(0)) if _bytes(pool) >= PARALLEL_FROM_BYTES else 1
+        workers = usable_cpus() if _bytes(pool) >= PARALLEL_FROM_BYTES else 1
     workers = min(workers, len(parts))
     if workers < 2:
         _start(*start)

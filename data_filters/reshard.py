@@ -34,10 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_filters.files import add_tar_member, publish_dir, temp_dir_for
-from data_filters.workers import tied_to_parent
-
-# Below this size of shards one process indexes them: starting a worker costs more than it saves.
-PARALLEL_FROM_BYTES = 16 << 20
+from data_filters.workers import PARALLEL_FROM_BYTES, tied_to_parent, usable_cpus
 
 
 def _split(name: str) -> tuple[str, str]:
@@ -83,8 +80,7 @@ def _index(shards, wanted: set, uid_field: str) -> dict:
 def _index_shards(shards: list[str], uid_field: str):
     """_index_shard of each shard, in order: on every core for a pool of PARALLEL_FROM_BYTES or more
     (reading tar headers is CPU-bound Python: ~0.4 s per 5,000-sample shard)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = min(cpus, len(shards))
+    workers = min(usable_cpus(), len(shards))
     can_fork = "fork" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon
     if workers < 2 or not can_fork or sum(os.path.getsize(s) for s in shards) < PARALLEL_FROM_BYTES:
         yield from (_index_shard(shard, uid_field) for shard in shards)

@@ -23,6 +23,8 @@ import time
 _PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 _KILL = getattr(signal, "SIGKILL", signal.SIGTERM)
 WATCH_INTERVAL_S = 0.5
+# Below this many bytes of input a stage works in one process: starting a worker (~1 s) costs more than it saves.
+PARALLEL_FROM_BYTES = 16 << 20
 
 
 @functools.lru_cache(maxsize=1)
@@ -41,6 +43,11 @@ def _ask_kernel(sig: int) -> bool:
     """prctl(PR_SET_PDEATHSIG, sig); False where that does not exist."""
     libc = _libc()
     return libc is not None and libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+
+
+def usable_cpus() -> int:
+    """Cores this process may run on (its affinity mask, e.g. a Slurm allocation), else all of them."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _gone(parent: int, direct: bool) -> bool:

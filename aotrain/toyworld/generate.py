@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from data_filters.files import add_tar_member, no_empty_folders_on_error, sweep_stale, temp_dir_for
 from data_filters.nmi import joint_stats
-from data_filters.workers import tied_to_parent
+from data_filters.workers import tied_to_parent, usable_cpus
 
 from .captions import make_caption, plural
 from .shapes import render
@@ -189,8 +189,7 @@ def _fill(tmp: Path, final: Path, cfg: dict, plan: dict, progress: bool, workers
         total += ev["images_per_seen_pair"] * len(plan["seen_pairs"])
         with tqdm(total=total, disable=not progress, desc=f"toyworld {final.name}", unit="img") as bar:
             if workers is None:
-                cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-                workers = min(cpus, 8) if len(plan["sample_pairs"]) >= 10000 else 1  # small: fork costs more
+                workers = min(usable_cpus(), 8) if len(plan["sample_pairs"]) >= 10000 else 1  # small: fork costs more
             shards = _write_pool(tmp / "pool", cfg, plan, bar, workers)
             _write_eval(tmp / "imagenet_ao", cfg, plan, bar)
         counts = plan["counts"]
