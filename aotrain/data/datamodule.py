@@ -55,14 +55,17 @@ class ShardDataModule(L.LightningDataModule):
         self._resume: dict | None = None
         self._epoch_start_step = 0
 
-    def stream(self, train: bool = True) -> ShardStream:
-        """The sample stream the train loader batches (also used by tests and tools to inspect order)."""
+    def stream(self, train: bool = True, targets: str | None = None) -> ShardStream:
+        """The sample stream the train loader batches (also used by tests and tools to inspect order);
+        `targets` other than the datamodule's (e.g. "labels" for a CLIP run's linear probe)."""
         train_tf, eval_tf = towers.image_transforms(self.model_name)
+        targets = targets or self.targets
         return ShardStream(self.urls, train_tf if train else eval_tf, towers.tokenizer(self.model_name),
                            seed=self.seed, shuffle_buffer=self.shuffle_buffer,
-                           labeller=CaptionLabeller(self.vocabulary) if self.require_label else None,
-                           targets=self.targets,
-                           classes=label_classes(self.vocabulary) if self.targets == "labels" else None,
+                           labeller=CaptionLabeller(self.vocabulary) if self.require_label or targets == "labels"
+                           else None,
+                           targets=targets,
+                           classes=label_classes(self.vocabulary) if targets == "labels" else None,
                            shard_sizes=self.sizes, resampled=self.resampled,
                            samples_per_epoch=self.samples_per_epoch, batch_size=self.batch_size,
                            error_log=self.error_log if train else None)
@@ -73,12 +76,8 @@ class ShardDataModule(L.LightningDataModule):
         (object indices into label_classes(vocabulary)["object"])."""
         if not self.vocabulary:
             raise ValueError("a linear probe needs object labels: set data.vocabulary (builtin, world:PATH, a file)")
-        _, eval_tf = towers.image_transforms(self.model_name)
-        stream = ShardStream(self.urls, eval_tf, towers.tokenizer(self.model_name), seed=self.seed,
-                             shuffle_buffer=self.shuffle_buffer, labeller=CaptionLabeller(self.vocabulary),
-                             targets="labels", classes=label_classes(self.vocabulary), shard_sizes=self.sizes)
         images, objects = [], []
-        for pixels, target, _ in itertools.islice(stream, samples):
+        for pixels, target, _ in itertools.islice(self.stream(train=False, targets="labels"), samples):
             images.append(pixels)
             objects.append(int(target[1]))  # target: [attribute index, object index]
             if len(images) == batch_size:
