@@ -44,7 +44,7 @@ from data_filters.files import atomic_path, write_text_atomic
 from .line_fit import fit_line
 from .metrics import as_numpy
 
-__all__ = ["RobustnessFit", "fit_effective_robustness", "load_points", "robustness_main"]
+__all__ = ["RobustnessFit", "fit_effective_robustness", "load_points", "logit", "robustness_main"]
 
 SCALES = ("logit", "linear")
 DEFAULT_ID_KEY = "seen/pair_top1"
@@ -258,11 +258,14 @@ def write_outputs(fit: RobustnessFit, out_dir: Path) -> list[Path]:
 # --- fitting helpers ---------------------------------------------------------------------------
 
 
-def _transform(p: np.ndarray, scale: str, eps: float) -> np.ndarray:
-    if scale == "linear":
-        return p
-    q = np.clip(p, eps, 1 - eps)  # logit is infinite at 0 and 1
+def logit(p, eps: float) -> np.ndarray:
+    """log(p / (1 - p)) of accuracies clipped to [eps, 1 - eps] (logit is infinite at 0 and 1)."""
+    q = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
     return np.log(q / (1 - q))
+
+
+def _transform(p: np.ndarray, scale: str, eps: float) -> np.ndarray:
+    return p if scale == "linear" else logit(p, eps)
 
 
 def _inverse(z: np.ndarray, scale: str) -> np.ndarray:

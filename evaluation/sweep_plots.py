@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from data_filters.files import atomic_path
+from evaluation.robustness import fit_effective_robustness, logit
 from evaluation.sweep_stats import SUPERVISION_AXIS, cell_groups, cell_table, is_missing, present_axes
 
 __all__ = ["metric_label"]
@@ -245,8 +246,6 @@ def _plot_effective_robustness(runs: pd.DataFrame, axes: Sequence[str], out: Pat
     """Unseen against seen object accuracy on logit axes (Taori et al.): one point per cell (mean over
     seeds), one colour per arm, each arm's least-squares line in logit space; a point above its arm's
     line is more robust on unseen pairs than that arm's trend across cells."""
-    from evaluation.robustness import fit_effective_robustness
-
     panels = [p for p in ROBUSTNESS_PANELS if has_values(runs, p[1]) and has_values(runs, p[2])] or ROBUSTNESS_PANELS[:1]
     fig, grid = _figure(1, len(panels), panel_size=(4.8, 4.2))
     keys = [a for a in present_axes(runs, axes) if a != "seed"]
@@ -258,7 +257,7 @@ def _plot_effective_robustness(runs: pd.DataFrame, axes: Sequence[str], out: Pat
         cells = cells.groupby(keys, dropna=False)[[seen, unseen]].mean().reset_index() if keys else cells
         for arm in _supervisions(cells):
             sub = cells if arm is None else cells[cells[SUPERVISION_AXIS] == arm]
-            x, y = _logit(sub[seen]), _logit(sub[unseen])
+            x, y = logit(sub[seen], EPS), logit(sub[unseen], EPS)
             colour = ARM_COLOURS.get(arm, "tab:grey")
             ax.scatter(x, y, color=colour, edgecolors="black", linewidths=0.4, s=36,
                        label=SUPERVISION_LABELS.get(arm, arm or "cells"))
@@ -278,17 +277,12 @@ def _plot_effective_robustness(runs: pd.DataFrame, axes: Sequence[str], out: Pat
 EPS = 1e-3  # accuracies clipped to [EPS, 1 - EPS] before the logit (0 and 1 have none)
 
 
-def _logit(p) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
-    return np.log(p / (1 - p))
-
-
 def _probability_ticks(ax) -> None:
     """Ticks labelled in accuracy on both logit axes."""
     ticks = np.array([0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99])
     for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
-        shown = ticks[(_logit(ticks) >= lo) & (_logit(ticks) <= hi)]
-        axis.set_ticks(_logit(shown), labels=[f"{t:g}" for t in shown])
+        shown = ticks[(logit(ticks, EPS) >= lo) & (logit(ticks, EPS) <= hi)]
+        axis.set_ticks(logit(shown, EPS), labels=[f"{t:g}" for t in shown])
 
 
 # x axis -> the axes its lines may stand for, in order of preference
