@@ -132,6 +132,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "launcher.threads": or_null(POSITIVE_INT),
         "twins": BOOL,
         "report.after_sweep": BOOL,
+        "budget.epochs": or_null(number(0, open_low=True)),
     },
 }
 

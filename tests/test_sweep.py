@@ -147,6 +147,7 @@ def test_submitit_launcher_runs_a_supervised_twin_after_its_clip_cell(tmp_path):
     (["grid.nmi=[0.999]"], "cell nmi0.999-size300-seed0-language: subset:"),
     (["launcher.kind=submitit", "launcher.submitit.params={partitionn: gpu}"], "partitionn not a key"),
     (["launcher.kind=cloud"], "choose local or submitit"),
+    (["budget.epochs=0"], "budget.epochs=0: must be a number > 0 or null"),
 ])
 def test_bad_sweeps_fail_before_any_fit_with_one_line(tmp_path, args, message):
     proc = run_cli_here("sweep", "recipe=tiny", *args, root=tmp_path)
