@@ -26,6 +26,7 @@ from aotrain.callbacks.step_guard import Interrupted, StepGuard, install_signal_
 from aotrain.callbacks.step_timer import StepTimer, describe
 from aotrain.checkpoints import load_checkpoint_file
 from aotrain.config import UserError, instantiate, resolve, to_dict
+from aotrain.data.labels import label_classes
 from aotrain.parity import RECORD, differences, flat_params, load_record, parity_record
 from aotrain.pool_stages import pool_shards, prepare_subset
 from aotrain.toyworld import generate_world, load_world
@@ -34,6 +35,7 @@ from aotrain.tracking import (close_logger, curated_params, is_rank_zero, log_ar
                               write_run_pointer)
 from aotrain.tracking_store import check_store
 from data_filters.files import OutputError, check_writable, write_text_atomic
+from evaluation.probe_eval import probe_columns
 
 
 def _launch_id() -> str:
@@ -199,11 +201,25 @@ def load_benchmark(cfg) -> Benchmark:
         raise UserError(f"eval: {e}") from None
 
 
+def check_probe(cfg, benchmark: Benchmark) -> None:
+    """The end-of-fit linear probe can name every benchmark object: checked before training, not after it."""
+    if not cfg.data.vocabulary:
+        raise UserError("eval.probe_samples needs object labels of the training samples: set data.vocabulary "
+                        "(builtin, world:PATH, a file) or eval.probe_samples=0")
+    try:
+        probe_columns(benchmark.splits, label_classes(cfg.data.vocabulary)["object"], benchmark.vocab)
+    except ValueError as e:
+        raise UserError(f"eval.probe_samples: the probe's classes (data.vocabulary's objects): {e}") from None
+
+
 def build_callbacks(cfg, run_dir: Path) -> list:
     every = cfg.eval.every_n_steps or cfg.trainer.max_steps
+    benchmark, probe_samples = load_benchmark(cfg), cfg.eval.get("probe_samples") or 0
+    if probe_samples:
+        check_probe(cfg, benchmark)
     return [
-        BenchmarkEvaluation(load_benchmark(cfg), str(run_dir), every_n_steps=cfg.eval.every_n_steps,
-                            probe_samples=cfg.eval.get("probe_samples") or 0),
+        BenchmarkEvaluation(benchmark, str(run_dir), every_n_steps=cfg.eval.every_n_steps,
+                            probe_samples=probe_samples),
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-{step}" if cfg.eval.checkpoint_monitor
                         else "{step}", save_last=True,
                         monitor=cfg.eval.checkpoint_monitor, mode="max", save_top_k=1,

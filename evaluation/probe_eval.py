@@ -32,6 +32,15 @@ from .imagenet_ao import AOFolder
 from .linear_probe import fit_probe
 
 
+def probe_columns(splits: Mapping[str, AOFolder], objects: Sequence[str],
+                  vocab: Vocabulary | None) -> tuple[list[str], torch.Tensor]:
+    """(the benchmark's objects, sorted; the probe class of each), matched by canonical name as heads
+    are: the probe chooses among the benchmark's objects only, so its chance level is the zero-shot
+    one. ValueError naming the benchmark objects `objects` lacks (check it before training)."""
+    candidates = sorted({o for ds in splits.values() for _, o in ds.pairs})
+    return candidates, torch.tensor(_head_columns("object", objects, candidates, vocab))
+
+
 @torch.no_grad()
 def _features(tower: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, device) -> torch.Tensor:
     return tower(images.to(device)).float().cpu()  # [B, D]
@@ -54,10 +63,7 @@ def probe_benchmark(tower: Callable[[torch.Tensor], torch.Tensor], train_batches
         raise ValueError("the linear probe has no training image: the training data yielded no labelled sample")
     probe = fit_probe(feats, labels, len(objects))
 
-    # the benchmark's objects and their probe classes (matched by canonical name, as heads are): the
-    # probe chooses among the benchmark's objects only, so its chance level is the zero-shot one
-    candidates = sorted({o for ds in splits.values() for _, o in ds.pairs})
-    columns = torch.tensor(_head_columns("object", objects, candidates, vocab))
+    candidates, columns = probe_columns(splits, objects, vocab)
     target = {o: i for i, o in enumerate(candidates)}
     names = list(splits)
     rows = {"split": [], "object": [], "pair": [], "prediction": []}

@@ -71,6 +71,10 @@ CASES = [
                              "eval=imagenet_ao eval.benchmarks.imagenet_ao={in}/bench paths.cache={cache} "
                              "subset.nmi=0.3 subset.size=100000",
      "subset.size=100000: the pool has 4 labelled samples, so subset.size can be at most 4"),
+    ("fit-probe-without-labels", "fit recipe=null ~world data.pool={in}/pool eval=imagenet_ao "
+                                 "eval.benchmarks.imagenet_ao={in}/bench_ok eval.probe_samples=100",
+     "eval.probe_samples needs object labels of the training samples: set data.vocabulary"),
+    ("fit-probe-samples-negative", "fit eval.probe_samples=-1", "eval.probe_samples=-1: must be an integer >= 0"),
     # aotrain world and aotrain sweep
     ("world-seed-text", "world seed=abc", "seed=abc: must be an integer"),
     ("world-pool-size-zero", "world world.pool.n_samples=0", "world.pool.n_samples=0: must be an integer > 0"),
@@ -153,6 +157,8 @@ def inputs(tmp_path_factory) -> Path:
             for ext, data in (("png", _png(i)), ("txt", caption.encode()), ("json", json.dumps({"uid": f"u{i}"}).encode())):
                 add_tar_member(tar, f"{i:04d}.{ext}", data)
     (d / "bench" / "red fox").mkdir(parents=True)
+    (d / "bench_ok" / "red fox").mkdir(parents=True)  # a benchmark that loads: one image
+    (d / "bench_ok" / "red fox" / "0.png").write_bytes(_png(0))
     return d
 
 
