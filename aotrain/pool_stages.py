@@ -29,6 +29,7 @@ from data_filters.nmi import joint_stats
 from data_filters.pools import open_pool, pool_shards
 from data_filters.reshard import reshard
 from data_filters.select import pair_counts, select_subset
+from data_filters.singles import with_singles
 from data_filters.subset_files import write_subset
 from data_filters.vocab import vocabulary_checksum
 
@@ -52,7 +53,8 @@ def label_stage(pool: Path, vocab_spec: str, cache: Path) -> tuple[Path, dict]:
     The pool is read as data_filters/pools.py recognises it, like `aotrain filter label <pool>`."""
     found = open_pool(pool)
     files = list(found.caption_files)
-    folder = Path(cache) / f"labels-{_key(_fingerprint(files), vocabulary_checksum(vocab_spec))}"
+    # "singles": labels made since single-side captions are kept (labels.singles.parquet); older ones are redone
+    folder = Path(cache) / f"labels-{_key(_fingerprint(files), vocabulary_checksum(vocab_spec), 'singles')}"
     labels, stats_path = folder / "labels.parquet", folder / "stats.json"
     if stats_path.is_file():
         stats = json.loads(stats_path.read_text())
@@ -65,12 +67,15 @@ def label_stage(pool: Path, vocab_spec: str, cache: Path) -> tuple[Path, dict]:
         counts = label_captions(found, vocab_spec, labels)
     uids, attr_idx, obj_idx, attributes, objects = load_labels(labels)
     table = pair_counts(attr_idx, obj_idx, len(attributes), len(objects))
-    stats = {**{k: counts[k] for k in ("captions", "labelled", "malformed", "not_downloaded", "skipped",
-                                       "truncated_shards", "pool_kind")},
+    stats = {**{k: counts[k] for k in ("captions", "labelled", "object_only", "attribute_only", "malformed",
+                                       "not_downloaded", "skipped", "truncated_shards", "pool_kind")},
              "uid_field": found.shard_uid_field,
              "vocabulary": vocab_spec, **joint_stats(table)}
     write_text_atomic(stats_path, json.dumps(stats, indent=1) + "\n")
-    _say("stats", f"{stats['labelled']:,} of {stats['captions']:,} captions name one pair; pool NMI {stats['nmi']:.3f}"
+    _say("stats", f"{stats['labelled']:,} of {stats['captions']:,} captions name one pair"
+                  + (f", {stats['object_only']:,} one object alone" if stats["object_only"] else "")
+                  + (f", {stats['attribute_only']:,} one attribute alone" if stats["attribute_only"] else "")
+                  + f"; pool NMI {stats['nmi']:.3f}"
                   + (f"; {stats['not_downloaded']:,} failed downloads (not samples)" if stats["not_downloaded"] else ""))
     if counts["skipped"] or counts["truncated_shards"]:
         _say("stats", skipped_line(counts["skipped"], counts["truncated_shards"]))
@@ -101,8 +106,10 @@ def select_stage(labels: Path, spec: dict, cache: Path) -> Path:
         pool, caption_keys, dedupe = load_selection_pool(labels, spec.get("dedupe"))
         if dropped_line(dedupe):
             _say("select", dropped_line(dedupe))
-        chosen = select_subset(*pool, size=spec["size"], nmi_target=spec["nmi"], distinct_pairs=spec.get("pairs"),
-                               seed=spec["seed"], tol=spec["tol"], caption_keys=caption_keys)
+        chosen, = with_singles(labels, spec["size"], spec.get("single_share", "pool"), spec["seed"], len(pool[0]),
+                               lambda pair_size: [select_subset(
+                                   *pool, size=pair_size, nmi_target=spec["nmi"], distinct_pairs=spec.get("pairs"),
+                                   seed=spec["seed"], tol=spec["tol"], caption_keys=caption_keys)])
         chosen.manifest.update(dedupe)
         write_subset(chosen, folder / "subset", source=str(labels))
     return folder

@@ -84,7 +84,7 @@ def prepare(cfg) -> tuple[dict | None, dict | None]:
 
 
 def _select(pool: Path, vocabulary: str, cache: Path, cfg) -> tuple[Path, dict]:
-    spec = {k: cfg.subset[k] for k in ("size", "nmi", "pairs", "seed", "tol", "dedupe")}
+    spec = {k: cfg.subset[k] for k in ("size", "nmi", "pairs", "seed", "tol", "dedupe", "single_share")}
     if spec["size"] is None:
         raise UserError("subset.nmi or subset.pairs is set but subset.size is not: set subset.size=N")
     try:
@@ -123,6 +123,8 @@ def subset_facts(subset: dict | None) -> dict | None:
     for key in ("not_downloaded", "duplicates_dropped"):  # present when the pool stage counts them
         if subset.get(key) is not None:
             facts[key] = subset[key]
+    if subset.get("single_side"):  # the size counts them; nmi and distinct_pairs are the pairs'
+        facts["single_side"] = subset["single_side"]
     facts["pool_skipped"] = dict(subset.get("pool_skipped") or {})
     facts["pool_truncated_shards"] = len(subset.get("pool_truncated_shards") or [])
     return facts

@@ -109,6 +109,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "subset.seed": integer(),
         "subset.tol": number(0, open_low=True),
         "subset.dedupe": or_null(BOOL),
+        "subset.single_share": Rule(lambda v: v == "pool" or (_is_number(v) and 0 <= v < 1), "pool or a number in [0, 1)"),
         "subset.samples_per_shard": POSITIVE_INT,
         "eval.every_n_steps": COUNT,
         "eval.probe_samples": COUNT,

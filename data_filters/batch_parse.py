@@ -28,16 +28,25 @@ class Pairs:
     """The pairs found in a batch: parallel int arrays, sorted by caption then position.
 
     caption[i] is the caption's index in the batch; attribute[i], obj[i] index vocab.attributes and
-    vocab.objects. `labels()` turns them into one (attribute, object) per caption or -1.
+    vocab.objects. named_attr[c], named_obj[c]: the one attribute and the one object caption c names
+    (-1: none, -2: several distinct). `labels()` turns them into one (attribute, object) per caption.
     """
 
-    def __init__(self, n_captions: int, caption: np.ndarray, attribute: np.ndarray, obj: np.ndarray):
+    def __init__(self, n_captions: int, caption: np.ndarray, attribute: np.ndarray, obj: np.ndarray,
+                 named_attr: np.ndarray, named_obj: np.ndarray):
         self.n_captions, self.caption, self.attribute, self.obj = n_captions, caption, attribute, obj
+        self.named_attr, self.named_obj = named_attr, named_obj
 
     def labels(self) -> tuple[np.ndarray, np.ndarray]:
-        """(attribute, object) id per caption: the pair when exactly one distinct pair was found, else -1."""
-        attr = np.full(self.n_captions, -1, np.int64)
-        obj = np.full(self.n_captions, -1, np.int64)
+        """(attribute, object) id per caption, CaptionParser.label's rule: the pair when exactly one
+        distinct pair was found; without a pair, one side (the other -1) when the caption names only
+        that side, once; else both -1."""
+        pairless = np.ones(self.n_captions, bool)
+        pairless[self.caption] = False
+        object_only = pairless & (self.named_attr == -1) & (self.named_obj >= 0)
+        attribute_only = pairless & (self.named_obj == -1) & (self.named_attr >= 0)
+        attr = np.where(attribute_only, self.named_attr, -1)
+        obj = np.where(object_only, self.named_obj, -1)
         if len(self.caption):
             first = np.flatnonzero(np.r_[True, self.caption[1:] != self.caption[:-1]])
             code = self.attribute * (int(self.obj.max()) + 1) + self.obj
@@ -98,26 +107,30 @@ class BatchParser:
         array = _string_array(captions)
         n = len(array)
         if not n:
-            return Pairs(0, *(np.zeros(0, np.int64),) * 3)
+            return Pairs(0, *(np.zeros(0, np.int64),) * 5)
         offsets = np.frombuffer(array.buffers()[1], np.int32, n + 1, array.offset * 4)
         text = array.buffers()[2]
         data = np.frombuffer(text, np.uint8) if text is not None else np.zeros(0, np.uint8)
         data.flags.writeable = offsets.flags.writeable = False  # whatever Arrow's buffers: one numba signature
-        caption, attr, obj, fallback = self._kernel(
+        caption, attr, obj, named_attr, named_obj, fallback = self._kernel(
             data, offsets, self.window, self._slots, self._tokens, self._starts, self._boundary,
             self._cand_first, self._cand_tokens, self._cand_len, self._cand_attr, self._cand_obj)
         # Captions with a non-ASCII byte: the reference parser's pairs, merged in caption order.
-        extra = [(i, self._attr_id[a], self._obj_id[o])
-                 for i in np.flatnonzero(fallback).tolist() for a, o in self.reference.pairs(array[i].as_py())]
+        extra = []
+        for i in np.flatnonzero(fallback).tolist():
+            found, attrs, objs = self.reference.read(array[i].as_py())
+            extra += [(i, self._attr_id[a], self._obj_id[o]) for a, o in found]
+            named_attr[i] = self._attr_id[next(iter(attrs))] if len(attrs) == 1 else -2 if attrs else -1
+            named_obj[i] = self._obj_id[next(iter(objs))] if len(objs) == 1 else -2 if objs else -1
         if extra:
             more = np.array(extra, np.int64)
             order = np.argsort(np.concatenate([caption, more[:, 0]]), kind="stable")
             caption, attr, obj = (np.concatenate([mine, theirs])[order]
                                   for mine, theirs in ((caption, more[:, 0]), (attr, more[:, 1]), (obj, more[:, 2])))
-        return Pairs(n, caption, attr, obj)
+        return Pairs(n, caption, attr, obj, named_attr, named_obj)
 
     def labels(self, captions) -> tuple[np.ndarray, np.ndarray]:
-        """(attribute id, object id) per caption, -1 where it has no pair or several distinct pairs."""
+        """(attribute id, object id) per caption (Pairs.labels): both -1 where it has no label."""
         return self.pairs(captions).labels()
 
 

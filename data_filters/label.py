@@ -6,7 +6,8 @@ This module writes that file (label_captions) and reads it back (load_labels, lo
     aotrain filter select labels.parquet --size 20000 --nmi 0.1 0.3 0.5 --out subsets
 
 A caption is labelled when the parser finds exactly one distinct pair in it (CaptionParser.label);
-captions with no pair or several pairs are counted and left out. Captions are parsed in batches
+captions with no pair or several pairs are counted and left out, except those naming one side alone
+("a photo of a star"): they go to labels.singles.parquet beside it (data_filters/singles.py). Captions are parsed in batches
 (data_filters/batch_parse.py) by one process per core (data_filters/labelling.py), with a progress bar
 of captions/s. The parquet file is written to a temporary name and renamed at the end, so a failed
 run leaves nothing.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -33,6 +35,8 @@ from .command import run_command
 from .files import atomic_path, check_output
 from .labels_file import LabelColumn, null_count, read_labels
 from .labelling import SCHEMA, label_parts, merge_counts
+from .singles import SCHEMA as SINGLES_SCHEMA
+from .singles import singles_path
 from .pools import Pool, open_pool, say
 from .sources import add_caption_arguments
 
@@ -43,21 +47,27 @@ POOL_COUNTS = "aotrain.pool_counts"  # parquet key-value metadata
 
 def label_captions(sources, vocab_spec: str, out: Path, window: int = 2, uid_column: str | None = None,
                    caption_column: str = "caption", workers: int | None = None, progress: bool = True) -> dict:
-    """Label every caption (on every core: data_filters/labelling.py), write labels to `out` (parquet);
-    returns counts of what was read and kept. progress: a bar with captions/s on stderr (when a terminal)."""
+    """Label every caption (on every core: data_filters/labelling.py), write labels to `out` (parquet)
+    and the single-side captions beside it (data_filters/singles.py); returns counts of what was read
+    and kept. progress: a bar with captions/s on stderr (when a terminal)."""
     pool = sources if isinstance(sources, Pool) else open_pool(sources, uid_column)
     total: dict = {}
-    labelled = 0
-    with atomic_path(out, ".tmp") as tmp:
-        with pq.ParquetWriter(tmp, SCHEMA) as writer, \
+    labelled, single = 0, Counter()
+    with atomic_path(out, ".tmp") as tmp, atomic_path(singles_path(out), ".tmp") as tmp_singles:
+        with pq.ParquetWriter(tmp, SCHEMA) as writer, pq.ParquetWriter(tmp_singles, SINGLES_SCHEMA) as singles, \
                 tqdm(desc="label", unit=" captions", unit_scale=True, disable=None if progress else True) as bar:
-            for rows, counts in label_parts(pool, vocab_spec, window, uid_column, caption_column, workers):
+            for rows, one_side, counts in label_parts(pool, vocab_spec, window, uid_column, caption_column, workers):
                 if rows.num_rows:
                     writer.write_table(rows, row_group_size=BATCH)
+                if one_side.num_rows:
+                    singles.write_table(one_side, row_group_size=BATCH)
+                    single["object_only"] += one_side.column("attribute").null_count
+                    single["attribute_only"] += one_side.column("object").null_count
                 labelled += rows.num_rows
                 merge_counts(total, counts)
                 bar.update(counts["captions"])
             counts = {"captions": total.get("captions", 0), "labelled": labelled,
+                      "object_only": single["object_only"], "attribute_only": single["attribute_only"],
                       "malformed": total.get("malformed", 0), "not_downloaded": total.get("not_downloaded", 0),
                       "pool_kind": pool.kind, "skipped": total.get("skipped", {}),
                       "truncated_shards": sorted(set(total.get("truncated", [])))}
@@ -128,7 +138,8 @@ def _label(args) -> int:
     done = label_captions(pool, args.vocab, Path(args.out), args.window, args.uid_column, args.caption_column,
                           args.workers)
     print(f"captions {done['captions']:,}  labelled {done['labelled']:,} "
-          f"({done['labelled'] / done['captions']:.1%})  malformed {done['malformed']:,}"
+          f"({done['labelled'] / done['captions']:.1%})  object-only {done['object_only']:,}  "
+          f"attribute-only {done['attribute_only']:,}  malformed {done['malformed']:,}"
           + (f"  failed downloads {done['not_downloaded']:,}" if done["not_downloaded"] else "") + f"  -> {done['out']}")
     if done["skipped"] or done["truncated_shards"]:
         print(skipped_line(done["skipped"], done["truncated_shards"]))

@@ -6,7 +6,8 @@ parsed in worker processes with the batch parser, and their rows come back in re
 label.py's `label_captions` writes what this yields to labels.parquet; the rows are the same, in the
 same order, whatever the number of workers (tests/test_labelling.py checks 1 against 2).
 A labelled row holds the caption's uid, its pair, caption and template keys (data_filters.diversity)
-and its image hash; the per-part counts say what was read and left out.
+and its image hash; a single-side row (data_filters/singles.py) the uid, the one side the caption
+names and the image hash; the per-part counts say what was read and left out.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from .batch_parse import BATCH, BatchParser
 from .diversity import TemplateMasker, caption_key
 from .parse import CaptionParser
 from .pools import Pool, open_pool
+from .singles import SCHEMA as SINGLES_SCHEMA
 from .sources import CaptionStream, caption_parts
 from .vocab import load_vocabulary
 from .workers import PARALLEL_FROM_BYTES, tied_to_parent, usable_cpus
@@ -39,20 +41,20 @@ def _start(vocab_spec: str, window: int, uid_column: str | None, caption_column:
                    uid_column=uid_column, caption_column=caption_column)
 
 
-def _label_part(part: tuple[Path, tuple[int, ...] | None]) -> tuple[pa.Table, dict]:
-    """(labelled rows, counts) of one part, in the worker's state (_start)."""
+def _label_part(part: tuple[Path, tuple[int, ...] | None]) -> tuple[pa.Table, pa.Table, dict]:
+    """(labelled rows, single-side rows, counts) of one part, in the worker's state (_start)."""
     path, row_groups = part
     parser, template = _WORKER["parser"], _WORKER["template"]
     vocab = parser.reference.vocab
     stream = CaptionStream(path, _WORKER["uid_column"], _WORKER["caption_column"], with_hashes=True,
                            row_groups=row_groups)
-    rows, tables = iter(stream), []
+    rows, tables, singles = iter(stream), [], []
     n = 0
     while batch := list(itertools.islice(rows, BATCH)):
         n += len(batch)
         uids, captions, hashes = zip(*batch)
         attr, obj = parser.labels(list(captions))
-        keep = np.flatnonzero(attr >= 0).tolist()
+        keep = np.flatnonzero((attr >= 0) & (obj >= 0)).tolist()
         names = [(vocab.attributes[a], vocab.objects[o]) for a, o in zip(attr[keep].tolist(), obj[keep].tolist())]
         tables.append(pa.table({
             "uid": [str(uids[i]) for i in keep],
@@ -62,14 +64,22 @@ def _label_part(part: tuple[Path, tuple[int, ...] | None]) -> tuple[pa.Table, di
             "template_hash": [caption_key(template(captions[i], a, o)) for i, (a, o) in zip(keep, names)],
             "image_hash": [hashes[i] for i in keep],
         }, schema=SCHEMA))
+        one = np.flatnonzero((attr >= 0) != (obj >= 0)).tolist()
+        singles.append(pa.table({
+            "uid": [str(uids[i]) for i in one],
+            "attribute": [vocab.attributes[a] if a >= 0 else None for a in attr[one].tolist()],
+            "object": [vocab.objects[o] if o >= 0 else None for o in obj[one].tolist()],
+            "image_hash": [hashes[i] for i in one],
+        }, schema=SINGLES_SCHEMA))
     counts = {"captions": n, "malformed": stream.malformed, "not_downloaded": stream.not_downloaded,
               "skipped": dict(stream.skipped), "truncated": list(stream.truncated)}
-    return (pa.concat_tables(tables) if tables else SCHEMA.empty_table()), counts
+    return (pa.concat_tables(tables) if tables else SCHEMA.empty_table(),
+            pa.concat_tables(singles) if singles else SINGLES_SCHEMA.empty_table(), counts)
 
 
 def label_parts(sources, vocab_spec: str, window: int = 2, uid_column: str | None = None,
                 caption_column: str = "caption", workers: int | None = None):
-    """Yield (labelled rows, counts) per part of the pool, in reading order.
+    """Yield (labelled rows, single-side rows, counts) per part of the pool, in reading order.
 
     workers: processes (default: every core this process may use, or one for a pool under
     PARALLEL_FROM_BYTES of caption files).

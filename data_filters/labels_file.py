@@ -74,8 +74,10 @@ def index_dtype(n: int):
     return np.int32 if n < 2**31 else np.int64
 
 
-def read_labels(path):
-    """(uids, attr_idx, obj_idx, attributes, objects): LabelUids, int32 codes, sorted names; ValueError if unusable."""
+def read_labels(path, single_side: bool = False):
+    """(uids, attr_idx, obj_idx, attributes, objects): LabelUids, int32 codes, sorted names; ValueError if unusable.
+    single_side: a file of single-side rows (data_filters/singles.py): one of attribute and object
+    may be null, its code -1."""
     n = check_labels(path)
     uids = _read_uids(path, n)  # first: its peak (the uid column) then meets no other column
     attr_idx, obj_idx = (np.empty(n, dtype=np.int32) for _ in range(2))
@@ -83,7 +85,7 @@ def read_labels(path):
     start = 0
     for batch in batches(path, ("attribute", "object"), dictionaries=("attribute", "object")):
         a, o = batch.column(0), batch.column(1)
-        if a.null_count or o.null_count:
+        if (a.null_count or o.null_count) and not (single_side and not pc.any(pc.and_(a.is_null(), o.is_null())).as_py()):
             raise _null_error(path)
         end = start + batch.num_rows
         attr_idx[start:end], obj_idx[start:end] = attributes.codes(a), objects.codes(o)
@@ -103,15 +105,16 @@ class _Names:
         if not pa.types.is_dictionary(column.type):  # a column parquet could not hand over as a dictionary
             column = pc.dictionary_encode(column)
         names = column.dictionary.cast(pa.string()).to_pylist()  # a row group's distinct names, not its rows
-        lookup = np.array([self.code.setdefault(name, len(self.code)) for name in names], dtype=np.int32)
-        return lookup[column.indices.to_numpy(zero_copy_only=False)]
+        lookup = np.array([self.code.setdefault(name, len(self.code)) for name in names] + [-1], dtype=np.int32)
+        return lookup[pc.fill_null(column.indices, len(names)).to_numpy(zero_copy_only=False)]  # null: -1
 
     def sorted(self, codes: np.ndarray) -> tuple[np.ndarray, list[str]]:
-        """(codes into the sorted names, sorted names), keeping only names some row uses."""
+        """(codes into the sorted names, sorted names), keeping only names some row uses; -1 stays -1."""
         names = np.array(list(self.code), dtype=object)
-        used = np.bincount(codes, minlength=len(names)) > 0  # a dictionary page may list unused names
+        named = codes if not len(codes) or codes.min() >= 0 else codes[codes >= 0]  # a copy only with nulls
+        used = np.bincount(named, minlength=len(names)) > 0  # a dictionary page may list unused names
         kept = sorted(names[used].tolist())
-        new = np.full(len(names), -1, dtype=np.int32)
+        new = np.full(len(names) + 1, -1, dtype=np.int32)  # the last: null stays -1
         new[[self.code[name] for name in kept]] = np.arange(len(kept), dtype=np.int32)
         return new[codes], kept
 

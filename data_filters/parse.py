@@ -16,7 +16,11 @@ Rules (each is a deliberate, documented choice):
   * A word that is both an attribute and an object ("orange") is an attribute when an object
     follows within the window (no boundary between), otherwise an object.
   * Negation ("not red") is out of scope: "not" is a boundary word, so "a not red ball" gives nothing.
-  * label(): the pair if exactly one distinct pair was found, else None (no pair, or ambiguous).
+  * label(): the pair if exactly one distinct pair was found; for a caption with no pair, one side
+    alone: (None, object) when it names one distinct object and no attribute ("a photo of a fox"),
+    (attribute, None) when it names one distinct attribute and no object ("something red"); else
+    None (nothing, or ambiguous). Web captions often name an object alone; `select` keeps such
+    single-side captions apart from the pairs, so they never enter a subset's pair NMI.
 """
 from __future__ import annotations
 
@@ -61,8 +65,9 @@ class CaptionParser:
                 cands.sort(key=lambda c: -len(c[0]))  # longest match first
                 if len(cands) == 1 and len(cands[0][0]) == 1:  # the common case: store the match itself
                     self._code[tok] = (1, cands[0][1], cands[0][2])
-        # Fast reject: a caption with none of these words cannot contain an object.
+        # Fast reject: a caption with none of these words cannot contain an object (or an attribute).
         self._object_starts = frozenset(f.split(" ", 1)[0] for f in vocab.object_forms)
+        self._name_starts = self._object_starts | frozenset(f.split(" ", 1)[0] for f in vocab.attribute_forms)
 
     @staticmethod
     def _match(tokens: list[str], cands, i: int):
@@ -91,14 +96,20 @@ class CaptionParser:
 
     def pairs(self, caption: str) -> list[tuple[str, str]]:
         """Canonical (attribute, object) pairs in the order found (repeats kept)."""
+        return self.read(caption, need_object=True)[0]
+
+    def read(self, caption: str, need_object: bool = False) -> tuple[list, set, set]:
+        """(pairs in the order found, attributes named, objects named); need_object: stop at once
+        (nothing named) when no object word is in the caption, as pairs() may."""
         text = caption.lower()
         tokens = text.split()
         if not all(map(str.isalnum, tokens)):  # punctuation/hyphens present: the (slower) regex
             tokens = _TOKEN.findall(text)
-        if self._object_starts.isdisjoint(tokens):
-            return []
+        if (self._object_starts if need_object else self._name_starts).isdisjoint(tokens):
+            return [], set(), set()
         codes = list(map(self._code.get, tokens))
         found, pending, window = [], [], self.window
+        named_attrs, named_objs = set(), set()
         i, n, shift = 0, len(tokens), 0  # shift: extra tokens eaten by multi-word names so far
         while i < n:
             c = codes[i]
@@ -123,14 +134,30 @@ class CaptionParser:
                 else:
                     attr = None
             if obj is not None:
+                named_objs.add(obj)
                 if pending:
                     found.extend((a, obj) for a, at in pending if unit - at - 1 <= window)
                     pending = []
             else:
+                named_attrs.add(attr)
                 pending.append((attr, unit))
-        return found
+        return found, named_attrs, named_objs
 
-    def label(self, caption: str) -> tuple[str, str] | None:
-        """The caption's pair if exactly one distinct pair is found, else None (none or ambiguous)."""
-        distinct = set(self.pairs(caption))
-        return distinct.pop() if len(distinct) == 1 else None
+    def label(self, caption: str) -> tuple[str | None, str | None] | None:
+        """The caption's pair if exactly one distinct pair is found; without a pair, (None, object) or
+        (attribute, None) when it names one side only, once (distinct); else None."""
+        found, attrs, objs = self.read(caption)
+        if found:
+            distinct = set(found)
+            return distinct.pop() if len(distinct) == 1 else None
+        return single_side(attrs, objs)
+
+
+def single_side(attrs, objs):
+    """(None, object) or (attribute, None) for a caption without a pair that names one side only
+    (one distinct name), else None: CaptionParser.label's rule, shared with the batch parser."""
+    if len(objs) == 1 and not attrs:
+        return None, next(iter(objs))
+    if len(attrs) == 1 and not objs:
+        return next(iter(attrs)), None
+    return None

@@ -133,8 +133,9 @@ def _object_ahead(tok, pos, m, j, i, window, boundary, cand_first, cand_tokens, 
 def parse_batch(data, offsets, window, slots, tokens, starts, boundary, cand_first, cand_tokens, cand_len,
                 cand_attr, cand_obj):
     """Pairs of the captions data[offsets[c]:offsets[c + 1]] (UTF-8 bytes): (caption, attribute id,
-    object id) arrays in caption then text order, and a mask of the captions left to the reference
-    parser (those with a non-ASCII byte), which get no pairs here.
+    object id) arrays in caption then text order; per caption the one attribute and the one object
+    it names (-1: none, -2: several distinct; CaptionParser.label's single-side rule); and a mask of
+    the captions left to the reference parser (those with a non-ASCII byte), which get nothing here.
 
     The vocabulary's tables (BatchParser builds them): token ids index `starts`, `boundary` and
     `cand_first`; a name (candidate) c is the tokens cand_tokens[c, :cand_len[c]], its attribute
@@ -152,6 +153,8 @@ def parse_batch(data, offsets, window, slots, tokens, starts, boundary, cand_fir
     out_attr, out_obj = np.empty_like(out_caption), np.empty_like(out_caption)
     n_out = 0
     fallback = np.zeros(n_captions, np.bool_)
+    named_attr = np.full(n_captions, -1, np.int64)
+    named_obj = np.full(n_captions, -1, np.int64)
     for c in range(n_captions):
         # 1. Tokens (runs of letters/digits, and boundary characters one by one) looked up in the
         #    table; only vocabulary tokens are kept (m of them), with their word positions.
@@ -201,6 +204,7 @@ def parse_batch(data, offsets, window, slots, tokens, starts, boundary, cand_fir
                 else:
                     attr = -1
             if obj >= 0:
+                named_obj[c] = obj if named_obj[c] == -1 or named_obj[c] == obj else -2
                 if n_out + n_pending > len(out_caption):
                     size = 2 * (n_out + n_pending)
                     out_caption, out_attr, out_obj = _grow(out_caption, size), _grow(out_attr, size), \
@@ -211,9 +215,10 @@ def parse_batch(data, offsets, window, slots, tokens, starts, boundary, cand_fir
                         n_out += 1
                 n_pending = 0
             else:
+                named_attr[c] = attr if named_attr[c] == -1 or named_attr[c] == attr else -2
                 pending_attr[n_pending], pending_unit[n_pending] = attr, unit
                 n_pending += 1
-    return out_caption[:n_out], out_attr[:n_out], out_obj[:n_out], fallback
+    return out_caption[:n_out], out_attr[:n_out], out_obj[:n_out], named_attr, named_obj, fallback
 
 
 @_compiled

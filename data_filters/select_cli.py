@@ -50,6 +50,10 @@ def _select_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-repeats", action="store_true", help="upsample: a uid may appear several times")
     p.add_argument("--normaliser", default="arithmetic", choices=NORMALISERS, help="NMI normaliser (default arithmetic)")
     p.add_argument("--tol", type=float, default=0.005, help="allowed |NMI - target| (default 0.005)")
+    p.add_argument("--single-share", default="pool", metavar="SHARE",
+                   help="share of each subset taken by single-side captions (one object or one attribute named, "
+                        "no pair; data_filters/singles.py): 'pool' (default: the pool's own share) or a number in "
+                        "[0, 1); the pairs fill the rest, so NMI and marginals are those of the pairs")
     p.add_argument("--dedupe", action=argparse.BooleanOptionalAction, default=None,
                    help="one sample per image (by image hash) before selecting; default: on when the labels "
                         "carry image hashes (labels of img2dataset/DataComp pools and shards do)")
@@ -67,6 +71,7 @@ def select_main(argv=None) -> int:
 
 def _select(args) -> int:
     from data_filters.select import InfeasibleTarget, select_many
+    from data_filters.singles import parse_share, with_singles
     from data_filters.subset_files import write_subset, write_subsets
 
     try:
@@ -80,9 +85,11 @@ def _select(args) -> int:
         dropped = dropped_line(dedupe)
         if dropped:
             print(f"duplicates: {dropped}")
-        subs = select_many(*pool, size=args.size, nmi_targets=args.nmi, seed=args.seed, normaliser=args.normaliser,
-                           fixed_marginals=not args.free_marginals, allow_repeats=args.allow_repeats, tol=args.tol,
-                           distinct_pairs=args.pairs, caption_keys=caption_keys)
+        share = parse_share(args.single_share)
+        subs = with_singles(args.labels, args.size, share, args.seed, len(pool[0]), lambda pair_size: select_many(
+            *pool, size=pair_size, nmi_targets=args.nmi, seed=args.seed, normaliser=args.normaliser,
+            fixed_marginals=not args.free_marginals, allow_repeats=args.allow_repeats, tol=args.tol,
+            distinct_pairs=args.pairs, caption_keys=caption_keys))
         for sub in subs:
             sub.manifest.update(dedupe)
         if len(subs) == 1:
@@ -94,6 +101,11 @@ def _select(args) -> int:
             raise ValueError(f"{e}; --allow-repeats upsamples") from None
         raise
     print(_region(subs[0].manifest, args))
+    single = subs[0].manifest["single_side"]
+    if single["object_only"] or single["attribute_only"]:
+        print(f"single-side captions in each subset: {single['object_only']:,} object-only, "
+              f"{single['attribute_only']:,} attribute-only (share {single['share']:.3f}); "
+              f"NMI and pairs below are those of the {single['pair_size']:,} pair captions")
     first = subs[0].manifest
     for sub in subs:
         m = sub.manifest
@@ -110,11 +122,13 @@ def _select(args) -> int:
 def _region(manifest: dict, args) -> str:
     """The feasible region at this size: NMI range (inside the kept pairs with --pairs) and pair counts."""
     lo, hi = manifest["feasible_nmi_range"]
+    size = manifest["single_side"]["pair_size"]  # the pairs are what NMI and K are about
+    size = f"{size}" if size == args.size else f"{size} (pair captions)"
     if args.pairs is None:
-        return f"feasible NMI range at size {args.size}: [{lo:.4f}, {hi:.4f}] ({args.normaliser})"
+        return f"feasible NMI range at size {size}: [{lo:.4f}, {hi:.4f}] ({args.normaliser})"
     k_min, k_max = manifest["feasible_pairs_range"]
-    return (f"feasible pairs at size {args.size} (seed {args.seed}): [{k_min}, {k_max}]\n"
-            f"feasible NMI range at size {args.size} with {args.pairs} pairs: [{lo:.4f}, {hi:.4f}] ({args.normaliser})")
+    return (f"feasible pairs at size {size} (seed {args.seed}): [{k_min}, {k_max}]\n"
+            f"feasible NMI range at size {size} with {args.pairs} pairs: [{lo:.4f}, {hi:.4f}] ({args.normaliser})")
 
 
 def _reshard_parser() -> argparse.ArgumentParser:

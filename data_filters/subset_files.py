@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_filters.diversity import caption_diversity, pair_diversity
@@ -41,6 +42,8 @@ class Subset:
     table: np.ndarray  # [A, O] integer pair counts of the subset
     stats: dict  # joint_stats(table)
     manifest: dict = field(default_factory=dict)
+    singles: pa.Table | None = None  # single-side rows added (data_filters/singles.py): uid, attribute, object
+    all_uids: np.ndarray | None = None  # sorted uids of the pairs and the single-side rows together
 
 
 def uid_order(uids) -> np.ndarray:
@@ -121,12 +124,15 @@ def build_subset(uids, attr_idx, obj_idx, attributes, objects, table, seed: int,
 
 
 def _write_files(sub: Subset, folder: Path, source: str) -> None:
-    np.save(folder / "subset.npy", sub.uids, allow_pickle=False)
+    np.save(folder / "subset.npy", sub.uids if sub.all_uids is None else sub.all_uids, allow_pickle=False)
     table = pa.table({
         "uid": pa.array(sub.uids.tolist()),
         "attribute": pa.array([sub.attributes[i] for i in sub.attr_idx], pa.string()),
         "object": pa.array([sub.objects[i] for i in sub.obj_idx], pa.string()),
     })
+    if sub.singles is not None:  # one side null; the rows sorted by uid like the pairs' alone
+        table = pa.concat_tables([table, sub.singles.cast(table.schema)])
+        table = table.take(pc.sort_indices(table, [("uid", "ascending")]))
     pq.write_table(table, folder / "subset.parquet")
     manifest = {**sub.manifest, "source": str(source)}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")

@@ -108,9 +108,13 @@ def test_benchmark_and_builtin_vocabulary_captions():
     captions = generate(3, 30_000, *make_words(vocab)) + tricky_captions(vocab, 3000, seed=9)
     assert_same_pairs(parser, captions)
     attr, obj = BatchParser(parser).labels(pa.array(captions))  # Arrow input, as label_captions passes it
+    kinds = set()
     for caption, a, o in zip(captions, attr.tolist(), obj.tolist()):
         expected = parser.label(caption)
-        assert (None if a < 0 else (vocab.attributes[a], vocab.objects[o])) == expected, caption
+        got = None if a < 0 and o < 0 else (vocab.attributes[a] if a >= 0 else None, vocab.objects[o] if o >= 0 else None)
+        assert got == expected, caption
+        kinds.add(None if got is None else (got[0] is None, got[1] is None))
+    assert kinds == {None, (False, False), (True, False), (False, True)}  # pairs, object-only, attribute-only, none
 
 
 def test_toy_world_captions(small_world):

@@ -31,12 +31,15 @@ def test_stats_label_select_reshard(world, tmp_path):
     stats = run_cli("filter", "stats", f"{world}/pool", "--vocab", vocab, "--out", str(tmp_path / "stats"))
     assert stats.returncode == 0, stats.stderr
     measured = json.loads((tmp_path / "stats" / "stats.json").read_text())
-    assert measured["nmi"] == pytest.approx(load_world(world)["nmi"]["nmi"], abs=1e-9)
+    info = load_world(world)  # the pool's pair captions (30% name the object alone)
+    assert measured["nmi"] == pytest.approx(info["pair_captions"]["nmi"]["nmi"], abs=1e-9)
 
     labels = tmp_path / "labels.parquet"
     proc = run_cli("filter", "label", f"{world}/pool", "--vocab", vocab, "--out", str(labels))
     assert proc.returncode == 0, proc.stderr
-    assert "labelled 3,000" in proc.stdout
+    singles = info["single_side"]
+    assert f"labelled {3000 - singles['object_only'] - singles['attribute_only']:,}" in proc.stdout
+    assert f"object-only {singles['object_only']:,}" in proc.stdout and singles["object_only"] > 700
 
     proc = run_cli("filter", "select", str(labels), "--size", "1500", "--nmi", "0.1", "0.2",
                    "--out", str(tmp_path / "subsets"))
@@ -77,7 +80,7 @@ def test_contamination_finds_benchmark_pairs_and_removes_them(world, tmp_path):
     for name in (f"{a1} {o1}", f"{a2}_{o2}"):
         (bench / name).mkdir(parents=True)
         (bench / name / "0.png").write_bytes(b"")
-    counts = info["joint_counts"]
+    counts = {**info["joint_counts"], "counts": info["pair_captions"]["counts"]}  # captions naming the pair
     expected = sum(counts["counts"][counts["attributes"].index(a)][counts["objects"].index(o)]
                    for a, o in ((a1, o1), (a2, o2)))
     proc = run_cli("filter", "contamination", f"{world}/pool", "--benchmark", str(bench),
@@ -93,8 +96,9 @@ def test_contamination_finds_benchmark_pairs_and_removes_them(world, tmp_path):
     assert proc.returncode == 0, proc.stderr
     urls = sorted(str(p) for p in (tmp_path / "clean-pool").glob("*.tar"))
     left = {(m["attribute"], m["object"]) for m in
-            (json.loads(s["json"]) for s in wds.WebDataset(urls, shardshuffle=False))}
-    assert (a1, o1) not in left and (a2, o2) not in left
+            (json.loads(s["json"]) for s in wds.WebDataset(urls, shardshuffle=False)) if m["caption_names"] == "pair"}
+    assert (a1, o1) not in left and (a2, o2) not in left  # by caption: an image whose caption names the object
+    # alone is not contamination a caption filter can see (and not a pair the model is told)
 
 
 def test_stats_piped_into_a_reader_that_leaves_still_writes_its_files(world, tmp_path):

@@ -37,13 +37,15 @@ def reference_rows(captions) -> list[tuple]:
     """(uid, attribute, object, caption key, template key) of every labelled caption, one by one."""
     vocab = Vocabulary.builtin()
     parser, template = CaptionParser(vocab), TemplateMasker(vocab).template
-    rows = []
+    rows, singles = [], []
     for i, caption in enumerate(captions):
         pair = parser.label(caption) if caption else None
-        if pair:
-            uid = f"a.parquet:{i}" if i < 18_000 else f"k{i - 18_000}"
+        uid = f"a.parquet:{i}" if i < 18_000 else f"k{i - 18_000}"
+        if pair and None not in pair:
             rows.append((uid, *pair, caption_key(caption), caption_key(template(caption, *pair))))
-    return rows
+        elif pair:
+            singles.append((uid, *pair))
+    return rows, singles
 
 
 def test_two_workers_write_what_one_process_and_the_reference_write(pool, tmp_path, monkeypatch):
@@ -57,8 +59,15 @@ def test_two_workers_write_what_one_process_and_the_reference_write(pool, tmp_pa
     assert tables[0].equals(tables[1])
     columns = ["uid", "attribute", "object", "caption_hash", "template_hash"]
     got = list(zip(*(tables[0].column(c).to_pylist() for c in columns)))
-    assert got == reference_rows(captions)
+    pairs, singles = reference_rows(captions)
+    assert got == pairs
     assert one["labelled"] == len(got) > 5_000
+    # single-side captions (one object or one attribute named, no pair) go to the file beside it
+    side = [pq.read_table(tmp_path / f"{name}.singles.parquet") for name in ("one", "two")]
+    assert side[0].equals(side[1])
+    assert list(zip(*(side[0].column(c).to_pylist() for c in ("uid", "attribute", "object")))) == singles
+    assert one["object_only"] == sum(a is None for _, a, _ in singles) > 500
+    assert one["attribute_only"] == sum(o is None for _, _, o in singles) > 500
 
 
 def test_cli_workers_option(pool, tmp_path, capsys):

@@ -72,6 +72,20 @@ def test_label_rules(parser):
     assert parser.label("no pair here") is None
 
 
+@pytest.mark.parametrize("caption, expected", [
+    ("a photo of a fox", (None, "fox")),                # object-only: names one object, no attribute
+    ("two foxes, one more fox", (None, "fox")),         # one distinct object
+    ("a fox and a ball", None),                         # two objects: which one?
+    ("something red", ("red", None)),                   # attribute-only
+    ("red and blue", None),                             # two attributes
+    ("a fox that is red", None),                        # both sides but no pair (post-nominal): ambiguous
+    ("a red fox and a ball", ("red", "fox")),           # a pair wins over a bare object
+])
+def test_single_side_labels(parser, caption, expected):
+    """A caption without a pair names one side alone: labelled with the other side None."""
+    assert parser.label(caption) == expected
+
+
 def test_window_setting(tmp_path):
     v = Vocabulary.build({"red": []}, {"ball": []}, {"red": "colour"})
     assert CaptionParser(v, window=0).pairs("a red shiny ball") == []

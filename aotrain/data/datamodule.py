@@ -22,7 +22,7 @@ import torch
 
 from aotrain import towers
 from aotrain.data.labels import CaptionLabeller, label_classes
-from aotrain.data.shard_stream import EpochDataLoader, ShardStream, list_shards
+from aotrain.data.shard_stream import MISSING, EpochDataLoader, ShardStream, list_shards
 
 
 class ShardDataModule(L.LightningDataModule):
@@ -77,7 +77,8 @@ class ShardDataModule(L.LightningDataModule):
         if not self.vocabulary:
             raise ValueError("a linear probe needs object labels: set data.vocabulary (builtin, world:PATH, a file)")
         images, objects = [], []
-        for pixels, target, _ in itertools.islice(self.stream(train=False, targets="labels"), samples):
+        named = (sample for sample in self.stream(train=False, targets="labels") if sample[1][1] != MISSING)
+        for pixels, target, _ in itertools.islice(named, samples):  # attribute-only captions name no object
             images.append(pixels)
             objects.append(int(target[1]))  # target: [attribute index, object index]
             if len(images) == batch_size:

@@ -2,7 +2,7 @@
 of a caption, and a fixed class order turns it into indices.
 
     classes = label_classes("world:outputs/toyworld/toyworld-<hash>")   # {"attribute": [...], "object": [...]}
-    label = CaptionLabeller("world:...")()                            # caption -> (attribute, object) | None
+    label = CaptionLabeller("world:...")()                            # caption -> (attribute, object) | (None, object) | (attribute, None) | None
 """
 from __future__ import annotations
 

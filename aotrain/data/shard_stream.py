@@ -8,9 +8,10 @@ shards -> split -> read -> shuffle -> the sample and label rules; the quota, the
 refill of a short stream and the per-sample seeds are the stages after it.
 
 The target is the tokenized caption (CLIP) or the caption's (attribute, object) label indices
-(a supervised twin); both come from the same sample order. With a `labeller` (data_filters'
-CaptionParser.label), a sample whose caption does not name exactly one pair is dropped, in both
-modes alike, and counted. Samples that break data_filters' sample rule (no or undecodable image,
+(a supervised twin; MISSING for the side a single-side caption does not name, "a photo of a star");
+both come from the same sample order. With a `labeller` (data_filters' CaptionParser.label), a
+sample whose caption names neither exactly one pair nor one side alone is dropped, in both modes
+alike, and counted. Samples that break data_filters' sample rule (no or undecodable image,
 no or non-UTF-8 caption) and truncated shards are skipped and counted too: `skipped` holds, per
 SKIP_COLUMNS, how many were passed over just before this sample, and each is logged with its shard.
 
@@ -34,6 +35,7 @@ from data_filters.samples import KINDS, decode_image, image_key, read_caption, r
 # What a sample's `skipped` vector counts (samples passed over just before it), in this order:
 # captions naming no single pair (label rule), the sample rule's kinds, truncated shards, and
 # samples read a second time to fill a short stream's quota.
+MISSING = -1  # label index of the side a single-side caption does not name ("a photo of a star": no attribute)
 SKIP_COLUMNS = ("unlabelled", *KINDS, "truncated_shard", "refilled")
 
 
@@ -93,7 +95,7 @@ class ShardStream(IterableDataset):
         self.urls = list(urls)
         self.image_transform = image_transform
         self.tokenize = tokenize
-        self.labeller = labeller  # a picklable factory: () -> (caption -> (attribute, object) | None)
+        self.labeller = labeller  # a picklable factory: () -> CaptionParser.label
         self.targets = targets
         self.attribute_index = {a: i for i, a in enumerate((classes or {}).get("attribute", []))}
         self.object_index = {o: i for i, o in enumerate((classes or {}).get("object", []))}
@@ -241,8 +243,9 @@ class ShardStream(IterableDataset):
     def __iter__(self):
         for sample in self.labelled_samples():
             if self.targets == "labels":
-                attribute, obj = sample["label"]
-                target = torch.tensor([self.attribute_index[attribute], self.object_index[obj]])  # [2]
+                attribute, obj = sample["label"]  # one may be None: a single-side caption (no pair)
+                target = torch.tensor([self.attribute_index.get(attribute, MISSING),
+                                       self.object_index.get(obj, MISSING)])  # [2]
             else:
                 target = self.tokenize([sample["caption"]])[0]  # [L]
             with torch.random.fork_rng(devices=[]):

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aotrain.data.labels import label_classes
+from aotrain.data.shard_stream import MISSING
 from aotrain.modules.base import BaseModule
 from aotrain.towers import SupervisedNet
 
@@ -48,10 +49,14 @@ class SupervisedModule(BaseModule):
         loss = 0.0
         for task, out in logits.items():
             target = labels[:, LABEL_COLUMN[task]]
-            task_loss = F.cross_entropy(out, target)
+            named = target != MISSING  # a single-side caption trains only the head of the side it names
+            if named.any():
+                task_loss = F.cross_entropy(out, target, ignore_index=MISSING)
+                self.log(f"train/{task}_acc", (out.argmax(-1) == target)[named].float().mean())
+            else:  # no target for this head in the batch: a zero that keeps every rank's graph alike
+                task_loss = out.sum() * 0.0
             loss = loss + task_loss
             self.log(f"train/{task}_loss", task_loss)
-            self.log(f"train/{task}_acc", (out.argmax(-1) == target).float().mean())
         self.log("train/loss", loss, prog_bar=True)
         self.count_skipped(skipped)
         return loss

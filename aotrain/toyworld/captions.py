@@ -4,8 +4,13 @@
     >>> from aotrain.toyworld.captions import make_caption
     >>> make_caption("orange", "colour", "star", np.random.default_rng(3))  # e.g. 'An orange star'
 
-Every caption names one attribute and one object, the attribute before the object with at most
-one word between them ("a small red circle", "a red-coloured square"), never post-nominal.
+A pair caption names one attribute and one object, the attribute before the object with at most
+one word between them ("a small red circle", "a red-coloured square"), never post-nominal. A
+single-side caption names the object alone ("a photo of a small circle") or the attribute alone
+("something striped"), as web captions often do; the image still shows both (world.py decides which
+samples get one: pool.object_only, pool.attribute_only).
+
+    >>> make_caption("orange", "colour", "star", np.random.default_rng(3), names="object")  # e.g. 'A star'
 """
 from __future__ import annotations
 
@@ -43,6 +48,18 @@ TEMPLATES = [
     "{a} {attr} {obj} icon",
     "simple {attr} {obj} shape",
 ]
+# Object-only captions: the pair templates without the attribute. Attribute-only: no object word at all.
+OBJECT_TEMPLATES = sorted({" ".join(t.replace("{attr}", "").split()) for t in TEMPLATES})
+ATTRIBUTE_TEMPLATES = [
+    "something {attr}",
+    "a photo of something {attr}",
+    "{attr} shapes",
+    "{a} {attr} shape on a dark background",
+    "{attr} clip art",
+    "a {size} {attr} thing",
+    "it is {attr}",
+]
+NAMES = ("pair", "object", "attribute")
 COLOUR_PHRASES = ["{}", "{}", "{}", "{}-coloured", "{}-colored", "{} coloured"]  # colour kind only
 
 
@@ -64,9 +81,11 @@ def _fill(template: str, attr: str, obj: str, size: str) -> str:
     return " ".join(article(words[i + 1]) if w == "{a}" else w for i, w in enumerate(words))
 
 
-def make_caption(attr: str, kind: str, obj: str, rng: np.random.Generator) -> str:
-    """One caption for an image of `attr obj`; all choices come from `rng`."""
-    template = TEMPLATES[rng.integers(len(TEMPLATES))]
+def make_caption(attr: str, kind: str, obj: str, rng: np.random.Generator, names: str = "pair") -> str:
+    """One caption for an image of `attr obj` naming both ("pair"), the object or the attribute alone;
+    all choices come from `rng`."""
+    templates = {"pair": TEMPLATES, "object": OBJECT_TEMPLATES, "attribute": ATTRIBUTE_TEMPLATES}[names]
+    template = templates[rng.integers(len(templates))]
     size = SIZES[rng.integers(len(SIZES))]
     phrase = attr
     if kind == "colour":

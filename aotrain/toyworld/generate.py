@@ -32,9 +32,9 @@ from data_filters.files import add_tar_member, no_empty_folders_on_error, sweep_
 from data_filters.nmi import joint_stats
 from data_filters.workers import tied_to_parent, usable_cpus
 
-from .captions import make_caption, plural
+from .captions import NAMES, make_caption, plural
 from .shapes import render
-from .world import EVAL, POOL, normalise_config, plan_world, rng_for, world_dir
+from .world import EVAL, PAIR, POOL, normalise_config, plan_world, rng_for, world_dir
 
 WORLD_FILE = "world.json"
 
@@ -68,17 +68,18 @@ def _encode(img: np.ndarray, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def _write_shard(path: Path, cfg: dict, plan: dict, shard: int, pairs: np.ndarray, start: int) -> int:
+def _write_shard(path: Path, cfg: dict, plan: dict, shard: int, pairs: np.ndarray, naming: np.ndarray,
+                 start: int) -> int:
     """One tar shard holding samples start .. start+len(pairs)-1 of the pool; returns its size."""
     seed, fmt = cfg["seed"], cfg["pool"]["image_format"]
     digits = max(4, len(str(cfg["pool"]["samples_per_shard"] - 1)))
     attrs, objs, kinds = plan["attributes"], plan["objects"], plan["attribute_kinds"]
     with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for within, (a, o) in enumerate(pairs):
+        for within, ((a, o), names) in enumerate(zip(pairs, naming)):
             index, attr, obj = start + within, attrs[a], objs[o]
             rng = rng_for(seed, POOL, index)  # per-sample stream: images do not depend on shard layout
             image = render(obj, attr, kinds[attr], cfg["image_size"], rng)
-            caption = make_caption(attr, kinds[attr], obj, rng)
+            caption = make_caption(attr, kinds[attr], obj, rng, names=NAMES[names])
             key = f"{shard:06d}{within:0{digits}d}"
             meta = {
                 "uid": hashlib.sha256(f"toyworld-{seed}-{index}".encode()).hexdigest()[:32],
@@ -87,6 +88,7 @@ def _write_shard(path: Path, cfg: dict, plan: dict, shard: int, pairs: np.ndarra
                 "attribute": attr,
                 "object": obj,
                 "attribute_kind": kinds[attr],
+                "caption_names": NAMES[names],  # pair | object | attribute: what the caption names
             }
             add_tar_member(tar, f"{key}.{fmt}", _encode(image, fmt))
             add_tar_member(tar, f"{key}.txt", caption.encode())
@@ -101,7 +103,8 @@ def _write_pool(out: Path, cfg: dict, plan: dict, bar, workers: int) -> list[str
     pairs = plan["sample_pairs"]
     small = {k: plan[k] for k in ("attributes", "objects", "attribute_kinds")}
     jobs = [
-        (out / f"shard-{s:06d}.tar", cfg, small, s, pairs[start : start + per_shard], start)
+        (out / f"shard-{s:06d}.tar", cfg, small, s, pairs[start : start + per_shard],
+         plan["sample_naming"][start : start + per_shard], start)
         for s, start in enumerate(range(0, len(pairs), per_shard))
     ]
     can_fork = "fork" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon
@@ -193,6 +196,9 @@ def _fill(tmp: Path, final: Path, cfg: dict, plan: dict, progress: bool, workers
             shards = _write_pool(tmp / "pool", cfg, plan, bar, workers)
             _write_eval(tmp / "imagenet_ao", cfg, plan, bar)
         counts = plan["counts"]
+        pairs, naming = plan["sample_pairs"], plan["sample_naming"]
+        named = np.zeros_like(counts)  # samples whose caption names their pair: what `filter stats` counts
+        np.add.at(named, tuple(pairs[naming == PAIR].T), 1)
         info = {
             "config": cfg,
             "objects": plan["objects"],
@@ -204,7 +210,10 @@ def _fill(tmp: Path, final: Path, cfg: dict, plan: dict, progress: bool, workers
             "preferred_attribute": plan["preferred_attribute"],
             "joint_counts": {"attributes": plan["attributes"], "objects": plan["objects"], "counts": counts.tolist()},
             "nmi": joint_stats(counts),
+            "pair_captions": {"counts": named.tolist(), "nmi": joint_stats(named)},
             "n_samples": int(counts.sum()),
+            # samples whose caption names one side alone (their images still show a pair: joint_counts)
+            "single_side": {f"{NAMES[k]}_only": int((plan["sample_naming"] == k).sum()) for k in (1, 2)},
             "shards": [f"pool/{s}" for s in shards],  # relative to the world directory
             "created_by": "aotrain.toyworld",
         }

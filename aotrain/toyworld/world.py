@@ -31,14 +31,16 @@ DEFAULT_CONFIG = {
         "pattern": ["striped", "dotted", "checkered", "hollow"],
     },
     "held_out_per_object": 2,
-    "pool": {"n_samples": 40000, "samples_per_shard": 5000, "joint": "uniform", "concentration": 0.9, "image_format": "png"},
+    "pool": {"n_samples": 40000, "samples_per_shard": 5000, "joint": "uniform", "concentration": 0.9, "image_format": "png",
+             "object_only": 0.0, "attribute_only": 0.0},
     "eval": {"images_per_unseen_pair": 10, "images_per_seen_pair": 4},
 }
 JOINTS = ("uniform", "skewed", "mixture")
 IMAGE_FORMATS = ("png", "jpg")
 
 # Independent RNG streams: SeedSequence([seed, STREAM, ...]).
-HELD_OUT, PREFERRED, SHUFFLE, POOL, EVAL = 1, 2, 3, 4, 5
+HELD_OUT, PREFERRED, SHUFFLE, POOL, EVAL, NAMING = 1, 2, 3, 4, 5, 6
+PAIR, OBJECT_ONLY, ATTRIBUTE_ONLY = 0, 1, 2  # what a pool sample's caption names (captions.NAMES order)
 
 
 def rng_for(seed: int, *stream: int) -> np.random.Generator:
@@ -131,6 +133,14 @@ def normalise_config(cfg: Mapping) -> dict:
     if isinstance(c, bool) or not isinstance(c, numbers.Real) or not 0 < c <= 1:
         raise ValueError(f"pool.concentration must be a number in (0, 1], got {c!r}")
     pool["concentration"] = float(c)
+    for key in ("object_only", "attribute_only"):
+        rate = pool[key]
+        if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate < 1:
+            raise ValueError(f"pool.{key} must be a number in [0, 1), got {rate!r}")
+        pool[key] = float(rate)
+    if pool["object_only"] + pool["attribute_only"] >= 1:
+        raise ValueError(f"pool.object_only + pool.attribute_only must be below 1 (some captions must name a pair), "
+                         f"got {pool['object_only']:g} + {pool['attribute_only']:g}")
     if pool["image_format"] not in IMAGE_FORMATS:
         raise ValueError(f"unknown pool.image_format {pool['image_format']!r}; choose one of {', '.join(IMAGE_FORMATS)}")
     out["pool"] = pool
@@ -230,6 +240,10 @@ def plan_world(cfg: dict) -> dict:
     # the pool's sample order: every (attribute, object) index repeated by its count, shuffled
     pairs = np.array([(a, o) for a in range(len(attributes)) for o in range(len(objects)) for _ in range(counts[a, o])])
     pairs = pairs[rng_for(cfg["seed"], SHUFFLE).permutation(len(pairs))]
+    # What each sample's caption names: its own stream, so images and pair captions do not depend on it.
+    u = rng_for(cfg["seed"], NAMING).random(len(pairs))
+    naming = np.where(u < pool["object_only"], OBJECT_ONLY,
+                      np.where(u < pool["object_only"] + pool["attribute_only"], ATTRIBUTE_ONLY, PAIR))
 
     def listing(mask):  # object-major in config order: [["red", "circle"], ["orange", "circle"], ...]
         return [[attributes[a], objects[o]] for o in range(len(objects)) for a in range(len(attributes)) if mask[a, o]]
@@ -243,5 +257,6 @@ def plan_world(cfg: dict) -> dict:
         "preferred_attribute": {objects[o]: attributes[preferred[o]] for o in range(len(objects))},
         "counts": counts,
         "sample_pairs": pairs,
+        "sample_naming": naming,  # PAIR, OBJECT_ONLY or ATTRIBUTE_ONLY per sample
     }
 
