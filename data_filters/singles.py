@@ -160,6 +160,10 @@ def with_singles(labels, size: int, share, seed: int, pool_pairs: int, choose) -
 def parse_share(text: str) -> str | float:
     """--single-share's value: "pool" or a number in [0, 1) (argparse type)."""
     try:
-        return check_share(text if text == "pool" else float(text))
+        value = text if text == "pool" else float(text)
+    except ValueError:
+        value = text  # not a number: check_share names what is accepted
+    try:
+        return check_share(value)
     except ValueError as e:
         raise ValueError(f"--single-share: {e}") from None
