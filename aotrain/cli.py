@@ -9,7 +9,7 @@
     aotrain sweep recipe=NAME [KEY=VALUE ...]    a grid of fits under one MLflow parent run, then a report
     aotrain report sweep=NAME                    a sweep's tables, effect sizes with CIs and plots
     aotrain sync RUN_DIR [--to URI]              send a run's MLflow journal (after a tracking outage)
-    aotrain filter stats|label|select|reshard    caption statistics and subset selection
+    aotrain filter stats|label|select|band|reshard  caption statistics and subset selection
 """
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ commands:
   report   a sweep's report: mean ± 95% CI per cell, effect sizes (slopes, CLIP minus supervised), plots
   sync     send what a run's MLflow journal holds and its store does not (after a tracking outage)
   filter   caption-side tools: stats (NMI of a caption set), label (pairs per caption),
-           select (subsets at a target NMI), reshard (shards holding exactly a subset),
+           select (subsets at a target NMI), band (the NMI band at each pair count),
+           reshard (shards holding exactly a subset),
            contamination (benchmark pairs found in a pool)
 """
 
@@ -47,6 +48,7 @@ FILTER_COMMANDS = {
     "stats": ("data_filters.stats_cli", "main", "count attribute-object pairs in captions; entropies, MI, NMI"),
     "label": ("data_filters.label", "label_main", "one (uid, attribute, object) row per labelled caption"),
     "select": ("data_filters.select_cli", "select_main", "subsets of a labelled pool at a size and target NMI"),
+    "band": ("data_filters.band_cli", "band_main", "NMI band per distinct-pair count K; the K that reach an NMI target"),
     "reshard": ("data_filters.select_cli", "reshard_main", "webdataset shards holding exactly a subset's uids"),
     "contamination": ("data_filters.contamination", "contamination_main",
                       "benchmark pairs that occur in a caption pool; the pool without them"),
