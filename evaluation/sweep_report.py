@@ -402,7 +402,7 @@ def _fixed_nmi_md(match: pd.DataFrame, tables: dict[str, pd.DataFrame], primary:
 
 
 def _cell_name(row: dict, keys: Sequence[str]) -> str:
-    """"diversity 45, size 12,800 (language)": a cell in prose."""
+    """"NMI 0.6, size 12,800, diversity 80, supervision language": a cell in prose."""
     return ", ".join(f"{axis_label(k)} {format_value(row[k])}" for k in keys)
 
 
