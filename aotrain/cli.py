@@ -132,7 +132,7 @@ def eval_help() -> str:
 
 SWEEP_OPTIONS = [
     ("recipe=NAME", "the sweep recipe (recipes/sweeps/): its name, base fit overrides and grid"),
-    ("grid.AXIS=[v1,v2,...]", "values of an axis (nmi, size, seed, supervision, model); null: not swept"),
+    ("grid.AXIS=[v1,v2,...]", "values of an axis (nmi, size, diversity, seed, supervision, model); null: not swept"),
     ("'extra=[\"KEY=VALUE\",...]'", "more fit overrides for every cell, after the recipe's base"),
     ("budget.epochs=E", "fixed epochs: each cell trains E passes over its subset (default: the base's fixed steps)"),
     ("launcher.parallel=INT", "fits at a time on this machine (default 1)"),
@@ -149,7 +149,9 @@ def sweep_help() -> str:
     lines = ["usage: aotrain sweep [--print-config] recipe=NAME [KEY=VALUE ...]", "",
              "Run a grid of fits as MLflow child runs of one parent run, then write the sweep's report.",
              "Re-running the same sweep skips finished cells and resumes interrupted ones.", "", "sweep recipes:"]
-    lines += [f"  {r:<26}{describe('sweeps', r)}" for r in group_options("sweeps")]
+    recipes = group_options("sweeps")
+    width = max(26, *(len(r) + 2 for r in recipes))  # the longest name still leaves a gap
+    lines += [f"  {r:<{width}}{describe('sweeps', r)}" for r in recipes]
     lines += ["", "options:"] + [f"  {k:<30}{v}" for k, v in SWEEP_OPTIONS]
     return "\n".join(lines)
 
