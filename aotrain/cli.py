@@ -9,7 +9,7 @@
     aotrain sweep recipe=NAME [KEY=VALUE ...]    a grid of fits under one MLflow parent run, then a report
     aotrain report sweep=NAME                    a sweep's tables, effect sizes with CIs and plots
     aotrain sync RUN_DIR [--to URI]              send a run's MLflow journal (after a tracking outage)
-    aotrain filter stats|label|select|reshard    caption statistics and subset selection
+    aotrain filter stats|label|select|band|reshard  caption statistics and subset selection
 """
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ commands:
   report   a sweep's report: mean ± 95% CI per cell, effect sizes (slopes, CLIP minus supervised), plots
   sync     send what a run's MLflow journal holds and its store does not (after a tracking outage)
   filter   caption-side tools: stats (NMI of a caption set), label (pairs per caption),
-           select (subsets at a target NMI), reshard (shards holding exactly a subset),
+           select (subsets at a target NMI), band (the NMI band at each pair count),
+           reshard (shards holding exactly a subset),
            contamination (benchmark pairs found in a pool)
 """
 
@@ -47,6 +48,7 @@ FILTER_COMMANDS = {
     "stats": ("data_filters.stats_cli", "main", "count attribute-object pairs in captions; entropies, MI, NMI"),
     "label": ("data_filters.label", "label_main", "one (uid, attribute, object) row per labelled caption"),
     "select": ("data_filters.select_cli", "select_main", "subsets of a labelled pool at a size and target NMI"),
+    "band": ("data_filters.band_cli", "band_main", "NMI band per distinct-pair count K; the K that reach an NMI target"),
     "reshard": ("data_filters.select_cli", "reshard_main", "webdataset shards holding exactly a subset's uids"),
     "contamination": ("data_filters.contamination", "contamination_main",
                       "benchmark pairs that occur in a caption pool; the pool without them"),
@@ -132,7 +134,7 @@ def eval_help() -> str:
 
 SWEEP_OPTIONS = [
     ("recipe=NAME", "the sweep recipe (recipes/sweeps/): its name, base fit overrides and grid"),
-    ("grid.AXIS=[v1,v2,...]", "values of an axis (nmi, size, seed, supervision, model); null: not swept"),
+    ("grid.AXIS=[v1,v2,...]", "values of an axis (nmi, size, diversity, seed, supervision, model); null: not swept"),
     ("'extra=[\"KEY=VALUE\",...]'", "more fit overrides for every cell, after the recipe's base"),
     ("budget.epochs=E", "fixed epochs: each cell trains E passes over its subset (default: the base's fixed steps)"),
     ("launcher.parallel=INT", "fits at a time on this machine (default 1)"),
@@ -149,7 +151,9 @@ def sweep_help() -> str:
     lines = ["usage: aotrain sweep [--print-config] recipe=NAME [KEY=VALUE ...]", "",
              "Run a grid of fits as MLflow child runs of one parent run, then write the sweep's report.",
              "Re-running the same sweep skips finished cells and resumes interrupted ones.", "", "sweep recipes:"]
-    lines += [f"  {r:<26}{describe('sweeps', r)}" for r in group_options("sweeps")]
+    recipes = group_options("sweeps")
+    width = max(26, *(len(r) + 2 for r in recipes))  # the longest name still leaves a gap
+    lines += [f"  {r:<{width}}{describe('sweeps', r)}" for r in recipes]
     lines += ["", "options:"] + [f"  {k:<30}{v}" for k, v in SWEEP_OPTIONS]
     return "\n".join(lines)
 

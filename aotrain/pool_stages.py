@@ -28,7 +28,7 @@ from data_filters.label import label_captions, load_labels, skipped_line
 from data_filters.nmi import joint_stats
 from data_filters.pools import open_pool, pool_shards
 from data_filters.reshard import reshard
-from data_filters.select import pair_counts, select_subset
+from data_filters.select import InfeasibleTarget, pair_counts, select_subset
 from data_filters.singles import with_singles
 from data_filters.subset_files import write_subset
 from data_filters.vocab import vocabulary_checksum
@@ -106,13 +106,24 @@ def select_stage(labels: Path, spec: dict, cache: Path) -> Path:
         pool, caption_keys, dedupe = load_selection_pool(labels, spec.get("dedupe"))
         if dropped_line(dedupe):
             _say("select", dropped_line(dedupe))
-        chosen, = with_singles(labels, spec["size"], spec.get("single_share", "pool"), spec["seed"], len(pool[0]),
-                               lambda pair_size: [select_subset(
-                                   *pool, size=pair_size, nmi_target=spec["nmi"], distinct_pairs=spec.get("pairs"),
-                                   seed=spec["seed"], tol=spec["tol"], caption_keys=caption_keys)])
+        try:
+            chosen, = with_singles(labels, spec["size"], spec.get("single_share", "pool"), spec["seed"], len(pool[0]),
+                                   lambda pair_size: [select_subset(
+                                       *pool, size=pair_size, nmi_target=spec["nmi"], distinct_pairs=spec.get("pairs"),
+                                       seed=spec["seed"], tol=spec["tol"], caption_keys=caption_keys)])
+        except InfeasibleTarget as e:
+            raise InfeasibleTarget(f"{e}{_band_hint(labels, spec)}", e.largest_size) from None
         chosen.manifest.update(dedupe)
         write_subset(chosen, folder / "subset", source=str(labels))
     return folder
+
+
+def _band_hint(labels: Path, spec: dict) -> str:
+    """With both knobs set: the command printing which pair counts reach the NMI target (data_filters/band_cli.py)."""
+    if spec.get("pairs") is None or spec.get("nmi") is None:
+        return ""
+    return (f"; the band at every pair count: aotrain filter band {labels} --size {spec['size']} "
+            f"--nmi {spec['nmi']:g} --seed {spec['seed']}")
 
 
 def reshard_stage(pool: Path, folder: Path, samples_per_shard: int, field: str) -> Path:

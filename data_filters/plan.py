@@ -189,9 +189,15 @@ def plan_for_pairs(counts, size, k, seed, fixed_marginals, allow_repeats, normal
     return plan_in_pairs(counts, r, c, cap, pairs.kept, normaliser), pairs
 
 
-def _nmi_band(counts, r, c, cap, pairs: KeptPairs, k: int, normaliser) -> tuple[float, float]:
-    plan = plan_in_pairs(counts, r, c, cap, pairs.order.mask(k, counts.shape), normaliser)
+def nmi_band(counts, r, c, cap, order: PairOrder, k: int, normaliser) -> tuple[float, float]:
+    """(low, high) NMI of the plan inside the first k pairs of `order`: the band select_subset reaches with k pairs."""
+    plan = plan_in_pairs(counts, r, c, cap, order.mask(k, counts.shape), normaliser)
     return plan.nmi_low, plan.nmi_high
+
+
+def in_band(low: float, high: float, target: float, tol: float) -> bool:
+    """Whether `target` is close enough to the band [low, high] for solve() to be tried (the selector's test)."""
+    return low - tol < target < high + tol
 
 
 def _fewest_pairs_for(counts, r, c, cap, pairs: KeptPairs, target, tol, normaliser) -> str:
@@ -202,13 +208,13 @@ def _fewest_pairs_for(counts, r, c, cap, pairs: KeptPairs, target, tol, normalis
     """
     n_min, n_max = pairs.order.n_min, pairs.order.n_max
     span = f"feasible pairs [{n_min}, {n_max}], seed {pairs.seed}"
-    lowest = _nmi_band(counts, r, c, cap, pairs, n_max, normaliser)[0]
+    lowest = nmi_band(counts, r, c, cap, pairs.order, n_max, normaliser)[0]
     if lowest >= target + tol:
         return f"no pair count reaches it at this size (lowest NMI {lowest:.4f}, with all {n_max} pairs; {span})"
     lo, hi = pairs.k, n_max  # lo: too high, hi: low enough
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if _nmi_band(counts, r, c, cap, pairs, mid, normaliser)[0] < target + tol else (mid, hi)
+        lo, hi = (lo, mid) if nmi_band(counts, r, c, cap, pairs.order, mid, normaliser)[0] < target + tol else (mid, hi)
     return f"NMI {target:g} needs at least {hi} pairs at this size ({span})"
 
 
@@ -221,7 +227,7 @@ def _pairs_reaching_high(counts, r, c, cap, pairs: KeptPairs, target, tol, norma
     n_min, n_max = pairs.order.n_min, pairs.order.n_max
     span = f"feasible pairs [{n_min}, {n_max}], seed {pairs.seed}"
     scanned = sorted({int(k) for k in np.linspace(n_min, n_max, n_scan).round()} - {pairs.k})
-    highs = {k: _nmi_band(counts, r, c, cap, pairs, k, normaliser)[1] for k in scanned}
+    highs = {k: nmi_band(counts, r, c, cap, pairs.order, k, normaliser)[1] for k in scanned}
     reach = [k for k in scanned if highs[k] > target - tol]
     if reach:
         return (f"NMI {target:g} is within reach with {', '.join(map(str, reach))} pairs "
@@ -233,7 +239,7 @@ def _pairs_reaching_high(counts, r, c, cap, pairs: KeptPairs, target, tol, norma
 
 def check_band(plan: Plan, counts, pairs: KeptPairs, target, tol) -> None:
     """InfeasibleTarget when `target` is outside the NMI band of the kept pairs, naming both knobs' ranges."""
-    if target is None or plan.nmi_low - tol < target < plan.nmi_high + tol:
+    if target is None or in_band(plan.nmi_low, plan.nmi_high, target, tol):
         return
     if not 0 <= target <= 1:
         raise ValueError(f"NMI target must be in [0, 1], got {target}")

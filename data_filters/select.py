@@ -51,6 +51,8 @@ b. One sample is fixed on every kept pair (lower bound 1) and the capacity is 0 
 c. Targets outside the band raise InfeasibleTarget naming the NMI band at (size, K) and which pair
    counts reach the target; K outside [K_min, K_max], above the pool's pairs or above the size raise
    it with that range. The pool-wide path (no distinct_pairs) is unchanged, byte for byte.
+d. The whole region at one size and seed, before selecting: nmi_bands() gives [K_min, K_max] and the band
+   at each K, from the same keep order and plans (`aotrain filter band LABELS --size N --nmi T` prints it).
 Every manifest.json has "diversity" (data_filters.diversity): the pair measures, and distinct
 captions and templates when caption_keys (label.load_caption_keys) are given.
 """
@@ -58,14 +60,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_filters.plan import (InfeasibleTarget, KeptPairs, Plan, check_band, keep_order, margins_and_capacity,
-                               plan_for_pairs, plan_for_size, solve)
+from data_filters.plan import (InfeasibleTarget, KeptPairs, Plan, check_band, in_band, keep_order,
+                               margins_and_capacity, nmi_band, plan_for_pairs, plan_for_size, solve)
 from data_filters.labels_file import LabelColumn, LabelUids
 from data_filters.subset_files import Subset, build_subset, pair_index
 
 # The public API of selection (write_subset and write_subsets are in data_filters.subset_files).
-__all__ = ["InfeasibleTarget", "Subset", "feasible_nmi_range", "feasible_pairs_range", "pair_counts", "select_many",
-           "select_subset"]
+__all__ = ["InfeasibleTarget", "Subset", "feasible_nmi_range", "feasible_pairs_range", "in_band", "nmi_bands",
+           "pair_counts", "select_many", "select_subset"]
 
 
 def pair_counts(attr_idx, obj_idx, n_attributes: int, n_objects: int) -> np.ndarray:
@@ -94,6 +96,20 @@ def feasible_pairs_range(counts, size: int, seed: int = 0, allow_repeats: bool =
     counts, r, c, cap = margins_and_capacity(counts, size, allow_repeats, marginals)
     order = keep_order(counts, r, c, cap, seed)
     return order.n_min, order.n_max
+
+
+def nmi_bands(counts, size: int, pairs=None, seed: int = 0, allow_repeats: bool = False,
+              normaliser: str = "arithmetic", marginals=None) -> tuple[tuple[int, int], dict[int, tuple[float, float]]]:
+    """((K_min, K_max), {K: (low, high)}): the NMI band select_subset(distinct_pairs=K, seed=seed) can reach at
+    `size`, for each K of `pairs` inside [K_min, K_max] (default: every K there); `aotrain filter band` prints it.
+
+        (k_min, k_max), bands = nmi_bands(counts, 12800, seed=0)
+        [k for k, (lo, hi) in bands.items() if in_band(lo, hi, 0.6, tol=0.005)]   # the K at which NMI 0.6 is reachable
+    """
+    counts, r, c, cap = margins_and_capacity(counts, int(size), allow_repeats, marginals)
+    order = keep_order(counts, r, c, cap, seed)  # one order for every K, as select_subset draws it
+    ks = range(order.n_min, order.n_max + 1) if pairs is None else [k for k in pairs if order.n_min <= k <= order.n_max]
+    return (order.n_min, order.n_max), {int(k): nmi_band(counts, r, c, cap, order, int(k), normaliser) for k in ks}
 
 
 def _check_pool(uids, attr_idx, obj_idx, attributes, objects):

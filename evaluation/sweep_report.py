@@ -24,6 +24,7 @@ import pandas as pd
 from pandas.api.types import is_numeric_dtype
 
 from data_filters.files import write_text_atomic
+from evaluation.fixed_nmi import MATCH_COLUMNS, NMI_MATCH, nmi_match, varies_diversity
 from evaluation.sweep_plots import (SUPERVISION_LABELS, UNSEEN_OBJECT, axis_label, format_value, has_values,
                                     metric_label, unique_values, write_plots)
 from evaluation.sweep_stats import (CELL_COLUMNS, DIFF_COLUMNS, GAP_COLUMNS, NUMERIC_AXES, SUPERVISION_AXIS,
@@ -360,6 +361,51 @@ def _differences_md(diffs: pd.DataFrame, half_width: float) -> str:
     return _markdown_table(pd.DataFrame(rows))
 
 
+def _fixed_nmi_md(match: pd.DataFrame, tables: dict[str, pd.DataFrame], primary: str) -> list[str]:
+    """The "Diversity at fixed NMI" section: per cell the NMI target, the NMI its subsets reached and
+    how far off, flagged beyond ±NMI_MATCH, then accuracy against K (mean ± CI over seeds)."""
+    keys = [c for c in match.columns if c not in MATCH_COLUMNS]  # the cell axes, diversity among them
+    with_target = match["target"].notna()
+    if not with_target.any():
+        intro = ("Diversity varies without an NMI target: each subset is the most even table on its K pairs, so "
+                 "NMI falls as K grows (docs/design_space.md) and accuracy against K mixes diversity with NMI. "
+                 "The NMI each cell's subsets reached:")
+    else:
+        off = match[match["off"]]
+        verdict = (f"All {int(with_target.sum())} cells are within ±{NMI_MATCH:g} of their target."
+                   if not len(off) else
+                   f"**Outside ±{NMI_MATCH:g} of the target: {len(off)} of {int(with_target.sum())} cells** "
+                   f"({'; '.join(_cell_name(r, keys) for r in off.to_dict('records'))}): there K is not compared at "
+                   "a fixed NMI.")
+        intro = ("The grid varies the distinct pairs K at a fixed NMI target. Reached: the pair NMI of each run's "
+                 "subset (its manifest, MLflow param data_nmi), mean and range over seeds; each seed keeps other "
+                 f"pairs, so every run is checked. {verdict}")
+    shown = match[keys].copy()
+    if with_target.any():
+        shown["NMI target"] = match["target"]
+    shown["reached NMI: mean (min–max)"] = [
+        "—" if is_missing(m) else f"{m:.4f} ({lo:.4f}–{hi:.4f})"
+        for m, lo, hi in zip(match["reached"], match["reached_min"], match["reached_max"])]
+    if with_target.any():  # ("|" would split a Markdown header cell, so no |reached - target| here)
+        shown["largest distance to target"] = ["—" if is_missing(d) else f"{d:.4f}" for d in match["max_abs_diff"]]
+        shown[f"within ±{NMI_MATCH:g}"] = ["—" if is_missing(t) or is_missing(d) else ("no" if o else "yes")
+                                           for t, d, o in zip(match["target"], match["max_abs_diff"], match["off"])]
+    shown["pairs reached"] = match["pairs"]
+    for metric in [m for m in unique_values([primary, UNSEEN_OBJECT]) if m in tables]:
+        merged = match[keys].merge(tables[metric][[*keys, "mean", "ci", "n"]], on=keys, how="left")
+        shown[f"{metric_label(metric)} mean ± ci (n)"] = [
+            "—" if is_missing(m) else plus_minus(m, c, int(n))
+            for m, c, n in zip(merged["mean"], merged["ci"], merged["n"])]
+    return [intro, "", _markdown_table(shown), "",
+            "Accuracy against K: the plot acc_vs_diversity.png, the diversity rows of the effects and of the paired "
+            "differences above, and the per-cell tables below."]
+
+
+def _cell_name(row: dict, keys: Sequence[str]) -> str:
+    """"NMI 0.6, size 12,800, diversity 80, supervision language": a cell in prose."""
+    return ", ".join(f"{axis_label(k)} {format_value(row[k])}" for k in keys)
+
+
 def _cells_md(table: pd.DataFrame) -> str:
     """A per-cell table for report.md: the cell axes and "mean ± ci (n)"."""
     if not len(table):
@@ -371,8 +417,8 @@ def _cells_md(table: pd.DataFrame) -> str:
 
 def _report_md(title: str, runs: pd.DataFrame, axes: Sequence[str], primary: str, effects: pd.DataFrame,
                gaps: pd.DataFrame, tables: dict[str, pd.DataFrame], plots: dict[str, Path], diffs: pd.DataFrame,
-               half_width: float, design: str | None) -> str:
-    """The whole report.md text."""
+               half_width: float, design: str | None, fixed_nmi: list[str] | None = None) -> str:
+    """The whole report.md text; ``fixed_nmi``: the lines of the diversity-at-fixed-NMI section, if any."""
     lines = [f"# {title}", "", _sweep_summary(runs, axes), ""]
     if design:  # the scale axis means different things under fixed steps and fixed epochs
         lines += [f"Training budget: {design}.", ""]
@@ -384,8 +430,10 @@ def _report_md(title: str, runs: pd.DataFrame, axes: Sequence[str], primary: str
               f"Each level minus the lowest level of its axis, paired by seed; resolved: the 95% CI excludes "
               f"zero. The last column is how many seeds would give a CI of ±{half_width:g} at the observed spread "
               f"of the differences.", "", _differences_md(diffs, half_width), "",
-              "## Supervision gap (language − labels, paired by seed)", "", _gaps_md(gaps), "",
-              "## Per-cell tables"]
+              "## Supervision gap (language − labels, paired by seed)", "", _gaps_md(gaps), ""]
+    if fixed_nmi:
+        lines += ["## Diversity at fixed NMI", "", *fixed_nmi, ""]
+    lines += ["## Per-cell tables"]
     for metric in _main_metrics(list(tables), primary):
         lines += ["", f"### {metric_label(metric)} (`{metric}`)", "", _cells_md(tables[metric])]
     return "\n".join(lines) + "\n"
@@ -409,7 +457,8 @@ def write_report(runs: pd.DataFrame, out_dir: str | os.PathLike, axes: Sequence[
 
     Files: tables/<metric with / as _>.csv per metric, effects.csv, effects.json,
     supervision_gap.csv, paired_differences.csv (``half_width``: the CI half-width its seed counts aim
-    at), acc_vs_nmi.png and acc_vs_size.png (only when that axis has more than
+    at), fixed_nmi.csv (when diversity is swept: each cell's NMI target and the NMI its subsets reached,
+    evaluation.fixed_nmi), acc_vs_nmi.png and acc_vs_size.png (only when that axis has more than
     one value), robustness.png, effective_robustness.png and report.md.  Returns {path relative to out_dir: Path}.
     ``metrics`` defaults to every ``eval/`` column with a value; ``design`` (the sweep's training-budget
     design, e.g. fixed steps or fixed epochs) is stated under the summary.  Raises ValueError for an empty
@@ -440,8 +489,15 @@ def write_report(runs: pd.DataFrame, out_dir: str | os.PathLike, axes: Sequence[
     diffs = _differences(runs, axes, unseen, half_width)
     written["paired_differences.csv"] = write_text_atomic(out_dir / "paired_differences.csv", diffs.to_csv(index=False))
 
+    fixed_nmi = None
+    if varies_diversity(runs, axes):  # K is compared at a fixed NMI only where each subset reached it
+        match = nmi_match(runs, axes)
+        written["fixed_nmi.csv"] = write_text_atomic(out_dir / "fixed_nmi.csv", match.to_csv(index=False))
+        fixed_nmi = _fixed_nmi_md(match, tables, primary)
+
     plots = write_plots(runs, out_dir, axes, primary)
     written.update(plots)
-    report = _report_md(title, runs, axes, primary, effects, gaps, tables, plots, diffs, half_width, design)
+    report = _report_md(title, runs, axes, primary, effects, gaps, tables, plots, diffs, half_width, design,
+                        fixed_nmi)
     written["report.md"] = write_text_atomic(out_dir / "report.md", report)
     return written

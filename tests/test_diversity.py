@@ -4,12 +4,14 @@
 """
 import json
 import math
+import re
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from data_filters.band_cli import band_main
 from data_filters.counts import count_captions, count_files
 from data_filters.diversity import DistinctCounter, TemplateMasker, caption_key, pair_diversity
 from data_filters.kept_pairs import pair_order
@@ -377,3 +379,67 @@ def test_generated_toy_world_pool_pair_levels(smoke_fit):
     for k, sub in zip(levels, subs):
         check_subset(sub, pool, size, k, reference["attribute_marginal"], reference["object_marginal"])
     assert kept(subs[0]) < kept(subs[1]) < kept(subs[2])
+
+
+# ---------------------------------------------------------------- the feasible region, printed (filter band)
+def band_rows(text: str, seeds: int) -> dict:
+    """{K: [(low, high) or None per seed]} from the table `aotrain filter band` prints."""
+    rows = {}
+    for line in text.splitlines():
+        cells = re.split(r"\s{2,}", line.strip())  # a band "[0.1, 0.2]" holds one space
+        if cells[0].isdigit():
+            bands = [re.fullmatch(r"\[(\d\.\d+), (\d\.\d+)\]|—", cell) for cell in cells[1:1 + seeds]]
+            rows[int(cells[0])] = [(float(b[1]), float(b[2])) if b[1] else None for b in bands]
+    return rows
+
+
+def test_band_names_the_pair_counts_that_reach_a_target_and_select_agrees(toy, tmp_path, capsys):
+    labels = write_labels(toy, tmp_path / "labels.parquet", caption_keys=False)
+    assert band_main([str(labels), "--size", "2000", "--nmi", "0.5", "--seed", "0", "1"]) == 0
+    text = capsys.readouterr().out
+    rows = band_rows(text, seeds=2)
+    pool = load_labels(labels)
+    counts = pair_counts(pool[1], pool[2], len(pool[3]), len(pool[4]))
+    ends = set()
+    for seed in (0, 1):
+        k_min, k_max = feasible_pairs_range(counts, 2000, seed=seed)
+        ends |= {k_min, k_max}
+        assert f"[{k_min}, {k_max}] (seed {seed})" in text
+        assert rows[60][seed] == pytest.approx(feasible_nmi_range(counts, 2000, distinct_pairs=60, seed=seed), abs=1e-4)
+    assert ends <= set(rows) and all(k % 5 == 0 or k in ends for k in rows)  # every 5th K and each seed's ends
+    line = next(x for x in text.splitlines() if x.startswith("NMI 0.5 (tol 0.005) is inside the band at every seed"))
+    low_k, high_k = map(int, re.search(r"with K in (\d+)-(\d+) \(of the K listed\)", line).groups())
+    assert high_k == 100 and 40 < low_k < 100
+    for seed in (0, 1):  # inside the printed band: select reaches the target with exactly K pairs
+        for k in (low_k, 100):
+            sub = select_subset(*pool, size=2000, nmi_target=0.5, distinct_pairs=k, seed=seed)
+            assert abs(sub.manifest["nmi"] - 0.5) <= 0.005 and sub.manifest["distinct_pairs"] == k
+    below = max(k for k in rows if k < low_k)  # the listed K just short of it: some seed cannot
+    seed = next(s for s, (lo, hi) in enumerate(rows[below]) if not lo - 0.005 < 0.5 < hi + 0.005)
+    with pytest.raises(InfeasibleTarget, match=f"with {below} pairs, NMI 0.5 is outside"):
+        select_subset(*pool, size=2000, nmi_target=0.5, distinct_pairs=below, seed=seed)
+
+
+def test_band_with_given_pairs_and_an_unreachable_target(toy, tmp_path, capsys):
+    labels = write_labels(toy, tmp_path / "labels.parquet", caption_keys=False)
+    assert band_main([str(labels), "--size", "2000", "--pairs", "10", "60", "--nmi", "0.99"]) == 0
+    text = capsys.readouterr().out
+    assert band_rows(text, seeds=1)[10] == [None]  # below K_min: no band
+    assert "NMI 0.99 (tol 0.005) is outside the band at some seed (0) for every K listed" in text
+    assert re.search(r"^ *60 +\[0\.\d{4}, 0\.\d{4}\] +-0\.\d{4}$", text, re.M)  # a negative margin: outside
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--size", "2000", "--nmi", "1.5"], "--nmi must be in [0, 1], got 1.5"),
+    (["--size", "0"], "--size must be positive"),
+    (["--size", "2000", "--pairs", "0"], "--pairs must be positive"),
+    (["--size", "2000", "--seed", "1", "1"], "--seed repeats a value"),
+    (["--size", "99999"], "size 99999 exceeds the pool"),
+])
+def test_band_bad_input_is_one_line_exit_2(toy, tmp_path, capsys, args, message):
+    labels = write_labels(toy, tmp_path / "labels.parquet", caption_keys=False)
+    assert band_main([str(labels), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert band_main([str(tmp_path / "missing.parquet"), "--size", "10"]) == 2
+    assert "Traceback" not in capsys.readouterr().err

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -99,6 +100,8 @@ def test_report_command_finds_the_sweep_by_parent_run_id(tiny_sweep, tmp_path):
                    f"out={tmp_path / 'r'}", root=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "r" / "report.md").is_file() and (tmp_path / "r" / "effects.csv").is_file()
+    runs = pd.read_csv(tmp_path / "r" / "runs.csv")  # each cell's subset as its fit logged it
+    assert (runs["subset/nmi_target"] == runs["nmi"]).all() and ((runs["subset/nmi"] - runs["nmi"]).abs() <= 0.005).all()
 
 
 def test_a_sweep_killed_part_way_completes_only_the_missing_cell(tmp_path):
@@ -145,6 +148,9 @@ def test_submitit_launcher_runs_a_supervised_twin_after_its_clip_cell(tmp_path):
     (["grid.nmi=[]"], "grid.nmi is empty"),
     (["grid.nmi=[0.1,0.1]"], "repeats a value"),
     (["grid.nmi=[0.999]"], "cell nmi0.999-size300-seed0-language: subset:"),
+    (["grid.diversity=[30]"], "cell nmi0.1-size300-diversity30-seed0-language: subset: at size 300 with 30 pairs, "
+                              "NMI 0.1 is outside"),
+    (["grid.diversity=[30]"], "; the band at every pair count: aotrain filter band "),
     (["launcher.kind=submitit", "launcher.submitit.params={partitionn: gpu}"], "partitionn not a key"),
     (["launcher.kind=cloud"], "choose local or submitit"),
     (["budget.epochs=0"], "budget.epochs=0: must be a number > 0 or null"),

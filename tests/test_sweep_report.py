@@ -212,3 +212,56 @@ def test_clip_marginal_object_accuracy_is_paired_with_the_twins_head(tmp_path):
         labels = cell[cell["supervision"] == "labels"].set_index("seed")["eval/unseen/object_top1"]
         assert row["mean_diff"] == pytest.approx((language - labels).mean())
     assert "unseen-object marginal top-1 (CLIP) vs unseen-object top-1 (twin)" in (tmp_path / "report.md").read_text()
+
+
+def fixed_nmi_grid(reached_off: float = 0.0, target=0.6) -> pd.DataFrame:
+    """Distinct pairs K at one NMI target, 3 seeds: accuracy rises 0.002 per pair; each run's subset
+    reached the target within 0.004, except K=80 seed 2, which is `reached_off` away."""
+    rng = np.random.default_rng(2)
+    rows = []
+    for k, seed in itertools.product((45, 60, 80, 100), (0, 1, 2)):
+        reached = 0.6 + (reached_off if (k, seed) == (80, 2) else rng.uniform(-0.004, 0.004))
+        rows.append({"nmi": 0.6, "size": 12800, "diversity": k, "seed": seed, "supervision": "language",
+                     "subset/nmi": round(reached, 6), "subset/nmi_target": target, "subset/distinct_pairs": k,
+                     "eval/unseen/pair_top1": 0.2 + 0.002 * k + rng.normal(0, 0.005), "eval/seen/pair_top1": 0.6})
+    return pd.DataFrame(rows)
+
+
+def test_diversity_at_fixed_nmi_checks_each_cells_reached_nmi(tmp_path):
+    axes = ["nmi", "size", "diversity", "seed", "supervision"]
+    runs = fixed_nmi_grid(reached_off=0.015)
+    paths = write_report(runs, tmp_path, axes, title="K at NMI 0.6",
+                         design="fixed steps: every cell trains the same number of steps")
+    match = pd.read_csv(paths["fixed_nmi.csv"]).set_index("diversity")
+    assert match.loc[80, "off"] and match.loc[80, "max_abs_diff"] == pytest.approx(0.015)
+    assert not match.drop(index=80)["off"].any() and (match.drop(index=80)["max_abs_diff"] <= 0.004).all()
+    assert (match["target"] == 0.6).all() and (match["n"] == 3).all() and (match["pairs"] == match.index).all()
+    assert match.loc[45, "reached"] == pytest.approx(runs[runs["diversity"] == 45]["subset/nmi"].mean())
+
+    report = paths["report.md"].read_text(encoding="utf-8")
+    assert "Training budget: fixed steps" in report
+    section = report.split("## Diversity at fixed NMI", 1)[1].split("## Per-cell tables", 1)[0]
+    assert ("**Outside ±0.01 of the target: 1 of 4 cells** (NMI 0.6, size 12,800, diversity 80, supervision "
+            "language)") in section
+    row_80 = next(line for line in section.splitlines() if line.startswith("| 0.6 | 12,800 | 80 |"))
+    assert "| 0.0150 | no | 80 |" in row_80
+    k100 = cell_table(runs, axes, "eval/unseen/pair_top1").set_index("diversity").loc[100]
+    assert f"{k100['mean']:.3f} ± {k100['ci']:.3f} (3)" in section  # accuracy against K, mean ± CI over seeds
+    assert "acc_vs_diversity.png" in paths and "acc_vs_diversity.png" in section
+
+    held = write_report(fixed_nmi_grid(), tmp_path / "held", axes, title="held")
+    assert "All 4 cells are within ±0.01 of their target." in held["report.md"].read_text(encoding="utf-8")
+
+
+def test_diversity_without_an_nmi_target_says_nmi_moved_with_it(tmp_path):
+    runs = fixed_nmi_grid(target="None").drop(columns=["nmi"])  # a fit without subset.nmi logs the target None
+    runs["subset/nmi"] = 1.0 - runs["diversity"] / 120  # fewer pairs, higher NMI
+    paths = write_report(runs, tmp_path, ["size", "diversity", "seed", "supervision"], title="K alone")
+    match = pd.read_csv(paths["fixed_nmi.csv"])
+    assert match["target"].isna().all() and not match["off"].any()
+    report = paths["report.md"].read_text(encoding="utf-8")
+    assert "Diversity varies without an NMI target" in report
+    assert "| 12,800 | 45 | language | 0.6250 (0.6250–0.6250) | 45 |" in report
+    assert "within ±" not in report.split("## Diversity at fixed NMI", 1)[1]
+    no_k = write_report(make_grid(), tmp_path / "nmi", AXES, title="NMI only")
+    assert "fixed_nmi.csv" not in no_k and "## Diversity at fixed NMI" not in no_k["report.md"].read_text()

@@ -29,8 +29,14 @@ def _value(text: str):
 
 
 def collect_runs(client, parent_run_id: str):
-    """DataFrame: one row per FINISHED child of `parent_run_id`; axis columns and eval/... metrics."""
+    """DataFrame: one row per FINISHED child of `parent_run_id`; axis columns, eval/... metrics and the
+    subset/... facts the fit logged (the pair NMI its subset reached, its NMI target, its distinct pairs)."""
     import pandas as pd
+
+    from evaluation.fixed_nmi import PAIRS, REACHED, TARGET
+
+    # params of aotrain.tracking.curated_params -> the report's columns (evaluation.fixed_nmi)
+    subset_params = {"data_nmi": REACHED, "data_nmi_target": TARGET, "data_distinct_pairs": PAIRS}
 
     parent = client.get_run(parent_run_id)
     children = client.search_runs([parent.info.experiment_id],
@@ -41,6 +47,8 @@ def collect_runs(client, parent_run_id: str):
         if run.info.status != "FINISHED":
             continue
         row = {k.removeprefix("sweep."): _value(v) for k, v in run.data.params.items() if k.startswith("sweep.")}
+        row.update({column: _value(run.data.params[param]) for param, column in subset_params.items()
+                    if param in run.data.params})
         # Chance levels are properties of the benchmark, not outcomes: they stay out of the tables.
         row.update({k: v for k, v in run.data.metrics.items()
                     if k.startswith("eval/") and not k.startswith("eval/chance/")})
@@ -71,7 +79,7 @@ def report_sweep(tracking_uri: str, parent_run_id: str, out_dir: Path, primary: 
 
 
 def _axes(runs) -> list[str]:
-    return [c for c in runs.columns if c != "run_id" and not c.startswith("eval/")]
+    return [c for c in runs.columns if c != "run_id" and not c.startswith(("eval/", "subset/"))]
 
 
 def find_sweep(sweep: str, root: Path, tracking_uri: str) -> tuple[str, str, Path]:
