@@ -32,13 +32,14 @@ DEFAULT_CONFIG = {
     },
     "held_out_per_object": 2,
     "pool": {"n_samples": 40000, "samples_per_shard": 5000, "joint": "uniform", "concentration": 0.9, "image_format": "png"},
-    "eval": {"images_per_unseen_pair": 10, "images_per_seen_pair": 4},
+    # alt_images_per_pair: images of every pair (seen and unseen) in the second style (alt_renderer.py), 0: none
+    "eval": {"images_per_unseen_pair": 10, "images_per_seen_pair": 4, "alt_images_per_pair": 5},
 }
 JOINTS = ("uniform", "skewed", "mixture")
 IMAGE_FORMATS = ("png", "jpg")
 
 # Independent RNG streams: SeedSequence([seed, STREAM, ...]).
-HELD_OUT, PREFERRED, SHUFFLE, POOL, EVAL = 1, 2, 3, 4, 5
+HELD_OUT, PREFERRED, SHUFFLE, POOL, EVAL, EVAL_ALT = 1, 2, 3, 4, 5, 6
 
 
 def rng_for(seed: int, *stream: int) -> np.random.Generator:
