@@ -5,7 +5,9 @@
     result = bench.run(adapter, rank_slice=RankSlice.of_process_group())   # every rank of a DDP group
 
 Keys of the section (recipes/eval/*.yaml; `aotrain eval` takes the same ones):
-  benchmarks   a folder (one split, or one split per sub-folder) or {split: folder}
+  benchmarks   a folder (one split, or one split per sub-folder) or {split: folder}; a nested
+               {style: {split: folder}} gives splits "<style>/<split>", scored apart (the toy world's
+               second renderer: eval/alt/unseen/...; evaluation/evaluate.py)
   templates    openai | simple | a list of strings with {}
   vocabulary   builtin | benchmark:DIR | world:PATH | a .yaml/.txt file | null (folder names as written)
   seen_from    training data that says which benchmark pairs were seen (subset manifest.json,

@@ -173,14 +173,22 @@ def _check_pool(pool: Path) -> None:
         raise UserError(f"data.pool: {e}") from None
 
 
-def _check_benchmarks(cfg) -> None:
-    """Every evaluation folder exists (the toy world's were just written)."""
-    for name in cfg.eval.benchmarks:
-        if OmegaConf.is_missing(cfg.eval.benchmarks, name):
-            raise UserError(f"set eval.benchmarks.{name}=/path/to/ImageNet-AO (the evaluation folders)")
-        path = Path(str(cfg.eval.benchmarks[name]))
+def _check_benchmarks(cfg, node=None, key: str = "eval.benchmarks") -> None:
+    """Every evaluation folder exists (the toy world's were just written), also those of a nested
+    group (a style: eval.benchmarks.alt.unseen, the toy world's second renderer)."""
+    node = cfg.eval.benchmarks if node is None else node
+    for name in node:
+        if OmegaConf.is_missing(node, name):
+            raise UserError(f"set {key}.{name}=/path/to/ImageNet-AO (the evaluation folders)")
+        if OmegaConf.is_dict(node[name]):
+            _check_benchmarks(cfg, node[name], f"{key}.{name}")
+            continue
+        path = Path(str(node[name]))
         if not path.is_dir():
-            raise UserError(f"eval.benchmarks.{name}: no folder {path} (ImageNet-AO-style <attribute object>/ folders)")
+            hint = ""
+            if path.parent.name == "imagenet_ao_alt" and cfg.get("world") is not None:
+                hint = "; world.eval.alt_images_per_pair=0 renders none: drop the group with ~" + key
+            raise UserError(f"{key}.{name}: no folder {path} (ImageNet-AO-style <attribute object>/ folders){hint}")
 
 
 def check_twin(parity: dict, twin: str) -> None:
@@ -358,7 +366,8 @@ def format_summary(summary: dict) -> str:
         lines.append(f"steps         {describe(summary['step_time'])}")
     if summary.get("data_skipped"):
         lines.append(f"data          {summary['data_skipped']}")
-    lines += [f"{k:<28}{v:.4f}" for k, v in summary["metrics"].items()]
+    width = max([28, *(len(k) + 2 for k in summary["metrics"])])  # style-prefixed names (alt/...) are longer
+    lines += [f"{k:<{width}}{v:.4f}" for k, v in summary["metrics"].items()]
     return "\n".join(lines)
 
 

@@ -27,10 +27,18 @@ head): each head's logits restricted to the classes that name the benchmark's ob
 matched by vocabulary canonical name, so its accuracy has the same classes and chance as a CLIP's.
 
 Seen status of a pair: from ``seen_pairs`` (the pairs of the training data, e.g. a subset manifest)
-when given; otherwise a split named ``seen`` or ``unseen`` says it for its pairs. With a status,
-metrics are also reported for the groups ``seen`` and ``unseen`` (images pooled across splits by
-their pair's status; with ``seen_pairs`` these replace splits of the same name), and the CZSL
-calibration sweep runs on the closed-world pair scores (evaluation/czsl.py).
+when given; otherwise a split named ``seen`` or ``unseen`` (or ``<style>/seen``, ``<style>/unseen``)
+says it for its pairs. With a status, metrics are also reported for the groups ``seen`` and
+``unseen`` (images pooled across splits by their pair's status; with ``seen_pairs`` these replace
+splits of the same name), and the CZSL calibration sweep runs on the closed-world pair scores
+(evaluation/czsl.py).
+
+Styles (imagenet_ao.split_styles): splits named ``<style>/<split>`` hold the benchmark's pairs drawn
+another way (the toy world's second renderer: ``alt/unseen``, ``alt/seen``). Every style is scored
+among the same candidate pairs and prompts, but pooled apart: its groups are ``<style>/seen`` and
+``<style>/unseen`` and its calibration sweep ``<style>/czsl/...``; when the styles hold the same pairs
+(the toy world's do), the plain splits' numbers are those of the plain splits evaluated alone.
+``EvalResult.czsl`` (czsl_curve.csv/png) is the first style's curve.
 
 Metric names (flat floats; the training callback adds ``eval/``), for each group ``g``:
   ``g/{task}_top1``, ``g/{task}_top5``, ``g/{task}_top1_class_mean`` (mean over the group's classes
@@ -56,7 +64,7 @@ from data_filters.vocab import Vocabulary, phrase
 
 from .czsl import CZSLCurve, czsl_curve
 from .distributed import RankSlice, gather_rows, idle_forwards, rank_batches
-from .imagenet_ao import AOFolder
+from .imagenet_ao import AOFolder, split_styles, style_group
 from .metrics import class_mean_accuracy, per_class_accuracy
 from .models import HeadModel, ZeroShotModel
 from .zero_shot import SIMPLE_TEMPLATES, Template
@@ -280,10 +288,10 @@ def _seen_status(splits, candidates, seen_pairs) -> dict[tuple[str, str], bool] 
     """Pair -> seen in training, or None when nothing says so."""
     if seen_pairs is not None:
         return {p: p in seen_pairs for p in candidates}
-    named = {s: ds for s, ds in splits.items() if s in ("seen", "unseen")}
+    named = {s: ds for s, ds in splits.items() if s.rpartition("/")[2] in ("seen", "unseen")}
     if not named:
         return None
-    status = {p: s == "seen" for s, ds in named.items() for p in ds.pairs}
+    status = {p: s.rpartition("/")[2] == "seen" for s, ds in named.items() for p in ds.pairs}
     return {p: status.get(p) for p in candidates}
 
 
@@ -293,9 +301,12 @@ def _groups(scores: _Scores, splits, status, candidates, from_manifest: bool) ->
     if status is not None:
         seen = torch.tensor([bool(status[candidates[i]]) for i in scores.targets["pair"].tolist()])
         known = torch.tensor([status[candidates[i]] is not None for i in scores.targets["pair"].tolist()])
-        for name, mask in (("seen", seen & known), ("unseen", ~seen & known)):
-            if from_manifest or name not in groups:
-                groups[name] = mask
+        for style, names in split_styles(splits).items():
+            drawn = torch.from_numpy(np.isin(split_arr, names))  # the style's images
+            for group, mask in (("seen", seen & known), ("unseen", ~seen & known)):
+                name = style_group(style, group)
+                if from_manifest or name not in groups:
+                    groups[name] = mask & drawn
     return {g: m for g, m in groups.items() if bool(m.any())}
 
 
@@ -401,10 +412,14 @@ def evaluate(
     curve = None
     if status is not None and scores.pair_scores is not None:
         unseen = np.array([status[p] is False for p in candidates])  # [P]
-        image_unseen = unseen[scores.targets["pair"].numpy()]
-        if image_unseen.any() and (~image_unseen).any():
-            curve = czsl_curve(scores.pair_scores.numpy(), scores.targets["pair"].numpy(), unseen)
-            metrics.update(curve.metrics())
+        for style, names in split_styles(splits).items():  # one sweep per style, on its own images
+            drawn = np.isin(np.array(scores.split), names)  # [N]
+            targets = scores.targets["pair"].numpy()[drawn]
+            image_unseen = unseen[targets]
+            if image_unseen.any() and (~image_unseen).any():
+                style_curve = czsl_curve(scores.pair_scores.numpy()[drawn], targets, unseen)
+                metrics.update(style_curve.metrics(prefix=style_group(style, "czsl/")))
+                curve = style_curve if curve is None else curve
     contamination = None
     if seen_pairs is not None:
         contamination = _contamination(splits, candidates, seen_pairs)

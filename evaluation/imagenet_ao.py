@@ -13,6 +13,12 @@ Usage::
     ds.pairs[0]          # ("red", "circle")   (canonical names, sorted)
     ds.skipped           # {"empty_folders": 1, "unreadable_images": 0, "unparsed_folders": 0}
     splits = load_benchmark("world/imagenet_ao", transform=preprocess, vocab=vocab)  # {"seen": .., "unseen": ..}
+    splits = load_benchmark({"unseen": "w/imagenet_ao/unseen", "alt": {"unseen": "w/imagenet_ao_alt/unseen"}})
+    list(splits)         # ["unseen", "alt/unseen"]: a nested group is a style, its splits named "<style>/<split>"
+
+Styles: the same pairs drawn another way (the toy world's second renderer) form one group of splits,
+named ``<style>/<split>`` (``split_styles``); evaluate() marks their seen/unseen pairs and reports their
+``<style>/seen``, ``<style>/unseen`` and ``<style>/czsl`` metrics apart from the other styles'.
 
 Folder name -> (attribute, object):
   * with a vocabulary (data_filters' :class:`~data_filters.vocab.Vocabulary`, the one the
@@ -161,15 +167,22 @@ def _holds_images(folder: Path) -> bool:
     return any(f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS for f in folder.iterdir())
 
 
-def split_folders(benchmark: str | Path | Mapping[str, str | Path]) -> dict[str, Path]:
+def split_folders(benchmark: str | Path | Mapping[str, str | Path | Mapping]) -> dict[str, Path]:
     """Split name -> folder of ``<attribute object>/`` dirs.
 
-    A mapping is taken as given.  A folder whose sub-folders hold images is one split named after
-    the folder ("ImageNet-AO-filtered"); a folder of such folders (the toy world's
-    ``imagenet_ao/{seen,unseen}``) gives one split per sub-folder.
+    A mapping is taken as given, a nested one flattened into "<style>/<split>" names
+    ({"alt": {"unseen": DIR}} -> {"alt/unseen": DIR}; see split_styles).  A folder whose
+    sub-folders hold images is one split named after the folder ("ImageNet-AO-filtered"); a folder
+    of such folders (the toy world's ``imagenet_ao/{seen,unseen}``) gives one split per sub-folder.
     """
     if isinstance(benchmark, Mapping):
-        return {str(k): Path(v) for k, v in benchmark.items()}
+        folders = {}
+        for key, value in benchmark.items():
+            if isinstance(value, Mapping):  # a style: its splits as "<key>/<split>"
+                folders.update({f"{key}/{name}": path for name, path in split_folders(value).items()})
+            else:
+                folders[str(key)] = Path(value)
+        return folders
     root = Path(benchmark)
     if not root.is_dir():
         raise FileNotFoundError(f"benchmark folder not found: {root}")
@@ -183,6 +196,20 @@ def split_folders(benchmark: str | Path | Mapping[str, str | Path]) -> dict[str,
         raise ValueError(f"no images under {root}: expected {root}/<attribute object>/<images> "
                          f"or {root}/<split>/<attribute object>/<images>")
     return nested
+
+
+def split_styles(names) -> dict[str, list[str]]:
+    """Style -> its split names, in the given order: the part of a split name before its last "/"
+    ("alt/unseen" -> "alt"; "" for a plain name such as "unseen")."""
+    styles: dict[str, list[str]] = {}
+    for name in names:
+        styles.setdefault(name.rpartition("/")[0], []).append(name)
+    return styles
+
+
+def style_group(style: str, group: str) -> str:
+    """The name of a style's group: ("alt", "unseen") -> "alt/unseen"; ("", "unseen") -> "unseen"."""
+    return f"{style}/{group}" if style else group
 
 
 def load_benchmark(

@@ -9,7 +9,8 @@ features and read on every benchmark image. The same protocol for every arm (CLI
 twin, an image-only arm): what the tower's features hold, whatever head or prompts it trained with.
 
 Groups are evaluate()'s: one per split, and `seen` / `unseen` by `seen_pairs` when given (otherwise
-splits named seen / unseen are those groups). Metric names: ``probe/<group>/object_top1``,
+splits named seen / unseen are those groups), per style (`alt/seen`, `alt/unseen` for splits named
+`alt/...`: imagenet_ao.split_styles). Metric names: ``probe/<group>/object_top1``,
 ``probe/n_train``, ``chance/probe_object_top1``.
 
 In a process group each rank passes its own training batches (its shards) and encodes its slice of the
@@ -28,7 +29,7 @@ from data_filters.vocab import Vocabulary
 
 from .distributed import RankSlice, gather_rows, idle_forwards, rank_batches
 from .evaluate import _head_columns
-from .imagenet_ao import AOFolder
+from .imagenet_ao import AOFolder, split_styles, style_group
 from .linear_probe import fit_probe
 
 
@@ -84,7 +85,9 @@ def probe_benchmark(tower: Callable[[torch.Tensor], torch.Tensor], train_batches
     groups = {name: split == i for i, name in enumerate(names)}
     if seen_pairs is not None:
         seen = np.array([p in seen_pairs for p in pair], bool)
-        groups.update(seen=seen, unseen=~seen)
+        for style, members in split_styles(names).items():
+            drawn = np.isin(split, [names.index(m) for m in members])  # the style's images
+            groups.update({style_group(style, "seen"): seen & drawn, style_group(style, "unseen"): ~seen & drawn})
     metrics = {f"probe/{g}/object_top1": float(hit[mask].mean()) for g, mask in groups.items() if mask.any()}
     metrics["probe/n_train"] = float(len(labels))
     metrics["chance/probe_object_top1"] = 1.0 / len(candidates)

@@ -20,9 +20,11 @@ from data_filters.files import atomic_path
 from evaluation.robustness import fit_effective_robustness, logit
 from evaluation.sweep_stats import SUPERVISION_AXIS, cell_groups, cell_table, is_missing, present_axes
 
-__all__ = ["metric_label"]
+__all__ = ["alt_metric", "metric_label"]
 
 UNSEEN_OBJECT = "eval/unseen/object_top1"
+ALT = "alt"  # the group of the toy world's second renderer: eval/alt/unseen/..., eval/probe/alt/unseen/...
+RENDERER_LABELS = {"": "first renderer (the training images' style)", ALT: "second renderer (never trained on)"}
 
 AXIS_LABELS = {"nmi": "NMI", "size": "size", "diversity": "diversity"}
 SUPERVISION_LABELS = {"language": "CLIP, language supervision", "labels": "supervised twin, label supervision"}
@@ -68,12 +70,22 @@ def format_value(value) -> str:
     return f"{float(value):g}"
 
 
+def alt_metric(metric: str) -> str:
+    """The second renderer's key of a metric: "eval/unseen/pair_top1" -> "eval/alt/unseen/pair_top1",
+    "eval/probe/seen/object_top1" -> "eval/probe/alt/seen/object_top1", "eval/czsl/auc" -> "eval/alt/czsl/auc"."""
+    return re.sub(r"/(unseen|seen|czsl)/", rf"/{ALT}/\1/", metric, count=1)
+
+
 def metric_label(metric: str) -> str:
     """Human name of an MLflow metric key: "eval/unseen/pair_top1" -> "unseen-pair top-1".
 
         >>> metric_label("eval/czsl/auc")    # "CZSL AUC"
+        >>> metric_label("eval/alt/unseen/pair_top1")    # "unseen-pair top-1 (second renderer)"
     """
     parts = metric.removeprefix("eval/").split("/")
+    if ALT in parts[:-1]:
+        parts.remove(ALT)
+        return f"{metric_label('/'.join(parts))} (second renderer)"
     name = parts[-1]
     match = re.fullmatch(r"(.*)_top(\d+)(.*)", name)
     if match:
@@ -238,7 +250,9 @@ def _scatter_seen_unseen(ax, runs: pd.DataFrame, seen: str, unseen: str, color_r
 # (panel title, seen metric, unseen metric): object accuracy by the arm's own head or prompts, and by the
 # linear probe every arm is read with alike (evaluation/probe_eval.py)
 ROBUSTNESS_PANELS = (("object top-1, own head / prompts", "eval/seen/object_top1", UNSEEN_OBJECT),
-                     ("object top-1, linear probe", "eval/probe/seen/object_top1", "eval/probe/unseen/object_top1"))
+                     ("object top-1, linear probe", "eval/probe/seen/object_top1", "eval/probe/unseen/object_top1"),
+                     ("object top-1, own head / prompts, second renderer", alt_metric("eval/seen/object_top1"),
+                      alt_metric(UNSEEN_OBJECT)))
 ARM_COLOURS = {"language": "tab:blue", "labels": "tab:orange", "self": "tab:green"}
 
 
@@ -290,8 +304,10 @@ PLOT_LINES = {"nmi": ("size", "diversity"), "size": ("nmi", "diversity"), "diver
 
 
 def write_plots(runs: pd.DataFrame, out_dir: Path, axes: Sequence[str], primary: str) -> dict[str, Path]:
-    """acc_vs_<axis>.png for nmi, size and diversity (when swept), robustness.png and effective_robustness.png."""
-    metrics = [m for m in unique_values([primary, UNSEEN_OBJECT]) if has_values(runs, m)]
+    """acc_vs_<axis>.png for nmi, size and diversity (when swept), robustness.png and effective_robustness.png;
+    the second renderer's metrics, when the runs have them, are rows of their own in acc_vs_<axis>.png."""
+    firsts = [primary, UNSEEN_OBJECT]
+    metrics = [m for m in unique_values([*firsts, *map(alt_metric, firsts)]) if has_values(runs, m)]
     present = present_axes(runs, axes)
     written = {}
     for x, line_axes in PLOT_LINES.items():

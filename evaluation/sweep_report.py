@@ -25,8 +25,8 @@ from pandas.api.types import is_numeric_dtype
 
 from data_filters.files import write_text_atomic
 from evaluation.fixed_nmi import MATCH_COLUMNS, NMI_MATCH, nmi_match, varies_diversity
-from evaluation.sweep_plots import (SUPERVISION_LABELS, UNSEEN_OBJECT, axis_label, format_value, has_values,
-                                    metric_label, unique_values, write_plots)
+from evaluation.sweep_plots import (RENDERER_LABELS, SUPERVISION_LABELS, UNSEEN_OBJECT, alt_metric, axis_label,
+                                    format_value, has_values, metric_label, unique_values, write_plots)
 from evaluation.sweep_stats import (CELL_COLUMNS, DIFF_COLUMNS, GAP_COLUMNS, NUMERIC_AXES, SUPERVISION_AXIS,
                                     as_scalar, axis_transform, cell_table, check_runs, is_missing,
                                     paired_differences, plus_minus, present_axes, slopes, supervision_gap,
@@ -106,9 +106,10 @@ def _fmt_cell(value) -> str:
 
 
 def _effect_metrics(runs: pd.DataFrame, primary: str) -> list[str]:
-    """Metrics whose slopes are reported: primary, unseen object top-1 and their seen counterparts."""
+    """Metrics whose slopes are reported: primary, unseen object top-1 and their seen counterparts, on
+    each renderer the runs were evaluated on."""
     candidates = [primary, UNSEEN_OBJECT, _seen_counterpart(primary), _seen_counterpart(UNSEEN_OBJECT)]
-    return [m for m in unique_values(candidates) if has_values(runs, m)]
+    return [m for m in unique_values([*candidates, *map(alt_metric, candidates)]) if has_values(runs, m)]
 
 
 def _effects(runs: pd.DataFrame, axes: Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:
@@ -156,7 +157,8 @@ def _gap_metrics(runs: pd.DataFrame) -> list[str]:
 
 # CLIP metrics compared with a differently named twin metric: object accuracy by pair marginalisation
 # (a twin has no pair prompts) against the twin's own head
-CROSS_GAPS = {f"eval/{g}/object_marginal_top1": f"eval/{g}/object_top1" for g in ("seen", "unseen")}
+CROSS_GAPS = {f"eval/{g}/object_marginal_top1": f"eval/{g}/object_top1"
+              for g in ("seen", "unseen", "alt/seen", "alt/unseen")}
 
 
 def _gaps(runs: pd.DataFrame, axes: Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:
@@ -260,7 +262,8 @@ def _report_metrics(runs: pd.DataFrame, metrics: Sequence[str] | None) -> list[s
 
 def _main_metrics(metrics: Sequence[str], primary: str) -> list[str]:
     """Metrics whose per-cell tables go into report.md (all of ``metrics`` if none is a main one)."""
-    main = [primary, _seen_counterpart(primary), UNSEEN_OBJECT, _seen_counterpart(UNSEEN_OBJECT), CZSL_AUC]
+    main = [primary, _seen_counterpart(primary), UNSEEN_OBJECT, _seen_counterpart(UNSEEN_OBJECT), CZSL_AUC,
+            alt_metric(primary), alt_metric(UNSEEN_OBJECT)]
     chosen = [m for m in unique_values(main) if m in metrics]
     return chosen or list(metrics)
 
@@ -294,6 +297,51 @@ def _headlines_md(effects: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[str]
         lines += ["", f"### {axis_label(x)}", ""]
         lines += [f"- {headline(e, cell_axes)}" for e in chosen if e["x"] == x]
     return lines
+
+
+ARM_RANK = {"language": 0, "labels": 1}  # reading order of the arms in a line
+
+
+def _renderers_md(effects: pd.DataFrame, gaps: pd.DataFrame, primary: str) -> list[str]:
+    """"## Both renderers": one line per renderer saying whether the NMI effect (per arm) and the
+    supervision gap hold on it (no section when the runs were evaluated on one renderer only)."""
+    second = {alt_metric(m) for m in (primary, UNSEEN_OBJECT)}
+    if not second & {*effects["metric"], *gaps["metric"]}:
+        return []
+    lines = ["## Both renderers", "",
+             "Whether each effect holds on the images of the training renderer and on the second renderer's "
+             "(the same pairs drawn with other shapes, textures, backgrounds, sizes and positions): the sign of "
+             "the NMI slope per arm and of the supervision gap, cell by cell; resolved: its 95% CI excludes "
+             "zero.", ""]
+    for renderer, label in RENDERER_LABELS.items():
+        key = alt_metric if renderer else (lambda m: m)
+        parts = []
+        for metric in unique_values([primary, UNSEEN_OBJECT]):
+            rows = effects[(effects["x"] == "nmi") & (effects["metric"] == key(metric))]
+            arms = [(None, rows)]
+            if SUPERVISION_AXIS in rows.columns and rows[SUPERVISION_AXIS].notna().any():  # CLIP first, then the twin
+                arms = sorted(rows.groupby(SUPERVISION_AXIS), key=lambda arm: (ARM_RANK.get(arm[0], 2), str(arm[0])))
+            for arm, sub in arms:
+                parts.append(f"NMI slope of {metric_label(metric)}{f' ({arm})' if arm else ''}: "
+                             + _tally(sub["slope"], sub["ci_low"], sub["ci_high"]))
+        rows = gaps[gaps["metric"] == key(UNSEEN_OBJECT)]
+        if len(rows):
+            ci = rows["ci"].to_numpy(dtype=np.float64)
+            diff = rows["mean_diff"].to_numpy(dtype=np.float64)
+            parts.append(f"supervision gap on {metric_label(UNSEEN_OBJECT)}: " + _tally(diff, diff - ci, diff + ci))
+        lines.append(f"- **{label}**: " + ("; ".join(parts) if parts else "no effect could be estimated") + ".")
+    return [*lines, ""]
+
+
+def _tally(values, lows, highs) -> str:
+    """"below zero in 2 of 2 cells (2 resolved; -0.31 to -0.25)": signs and resolution of per-cell estimates."""
+    values, lows, highs = (np.asarray(v, dtype=np.float64) for v in (values, lows, highs))
+    n, below, above = len(values), int((values < 0).sum()), int((values > 0).sum())
+    resolved = int(((lows > 0) | (highs < 0)).sum())  # NaN bounds (one seed) are never resolved
+    sign = f"below zero in {below} of {n} cells" if below >= above else f"above zero in {above} of {n} cells"
+    d = _decimals(float(np.nanmax(np.abs(values))))
+    lo, hi = _fmt_effect(float(np.nanmin(values)), d), _fmt_effect(float(np.nanmax(values)), d)
+    return f"{sign} ({resolved} resolved; {lo if lo == hi else f'{lo} to {hi}'})"
 
 
 def _effects_md(effects: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[str]) -> str:
@@ -423,7 +471,8 @@ def _report_md(title: str, runs: pd.DataFrame, axes: Sequence[str], primary: str
     if design:  # the scale axis means different things under fixed steps and fixed epochs
         lines += [f"Training budget: {design}.", ""]
     lines += ["## How to read", "", HOW_TO_READ, "",
-             "## Headlines", *_headlines_md(effects, runs, axes, primary), "", "## Plots", ""]
+             "## Headlines", *_headlines_md(effects, runs, axes, primary), "",
+             *_renderers_md(effects, gaps, primary), "## Plots", ""]
     lines += [f"![{PLOT_CAPTIONS.get(name, name)}]({name})\n" for name in plots]
     lines += ["## Effects", "", _effects_md(effects, runs, axes), "",
               "## Differences between levels (paired by seed)", "",
@@ -485,7 +534,8 @@ def write_report(runs: pd.DataFrame, out_dir: str | os.PathLike, axes: Sequence[
     gaps = _gaps(runs, axes, _gap_metrics(runs))
     written["supervision_gap.csv"] = write_text_atomic(out_dir / "supervision_gap.csv", gaps.to_csv(index=False))
 
-    unseen = [m for m in unique_values([primary, UNSEEN_OBJECT, "eval/probe/unseen/object_top1"]) if has_values(runs, m)]
+    firsts = [primary, UNSEEN_OBJECT, "eval/probe/unseen/object_top1"]
+    unseen = [m for m in unique_values([*firsts, *map(alt_metric, firsts)]) if has_values(runs, m)]
     diffs = _differences(runs, axes, unseen, half_width)
     written["paired_differences.csv"] = write_text_atomic(out_dir / "paired_differences.csv", diffs.to_csv(index=False))
 

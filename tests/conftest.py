@@ -161,8 +161,9 @@ def _shared_pool(tmp_path_factory, name: str, **kw) -> dict:
 @pytest.fixture(scope="session")
 def small_world(tmp_path_factory):
     """small_world(n_samples=300, samples_per_shard=100) -> the folder of a toy world with the default
-    world config (recipes/world/default.yaml), one evaluation image per pair. Worlds are cached by
-    their config (aotrain.toyworld), so every test asking for the same sizes shares one."""
+    world config (recipes/world/default.yaml), one evaluation image per pair (none by the second
+    renderer). Worlds are cached by their config (aotrain.toyworld), so every test asking for the same
+    sizes shares one."""
     import yaml
 
     from aotrain.config import RECIPES_DIR
@@ -173,7 +174,7 @@ def small_world(tmp_path_factory):
     def make(n_samples: int = 300, samples_per_shard: int = 100) -> Path:
         cfg = yaml.safe_load((RECIPES_DIR / "world" / "default.yaml").read_text())
         cfg["pool"].update(n_samples=n_samples, samples_per_shard=samples_per_shard)
-        cfg["eval"].update(images_per_unseen_pair=1, images_per_seen_pair=1)
+        cfg["eval"].update(images_per_unseen_pair=1, images_per_seen_pair=1, alt_images_per_pair=0)
         return generate_world(cfg, root, progress=False)
 
     return make

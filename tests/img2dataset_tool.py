@@ -259,7 +259,7 @@ def _images(source: Path, n_images: int, world_dir) -> list:
 
         cfg = {**DEFAULT_CONFIG, "pool": {**DEFAULT_CONFIG["pool"], "n_samples": n_images,
                                           "samples_per_shard": n_images},
-               "eval": {"images_per_unseen_pair": 1, "images_per_seen_pair": 1}}
+               "eval": {"images_per_unseen_pair": 1, "images_per_seen_pair": 1, "alt_images_per_pair": 0}}
         world_dir = generate_world(cfg, source / "world", progress=False, workers=1)
     samples = []
     for sample in _toy_samples(world_dir):

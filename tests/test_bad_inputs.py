@@ -78,6 +78,8 @@ CASES = [
     # aotrain world and aotrain sweep
     ("world-seed-text", "world seed=abc", "seed=abc: must be an integer"),
     ("world-pool-size-zero", "world world.pool.n_samples=0", "world.pool.n_samples=0: must be an integer > 0"),
+    ("world-alt-images-negative", "world world.eval.alt_images_per_pair=-1",
+     "eval.alt_images_per_pair must be >= 0, got -1"),
     ("sweep-extra-bad-value", "sweep recipe=tiny extra=['trainer.max_steps=-5']",
      "trainer.max_steps=-5: must be an integer > 0"),
     ("sweep-grid-bad-seed", "sweep recipe=tiny grid.seed=[0,abc]", "seed=abc: must be an integer"),

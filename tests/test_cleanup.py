@@ -257,7 +257,7 @@ def test_failed_stages_leave_no_empty_cache_folders(tmp_path):
     from aotrain.toyworld import generate_world
 
     world = generate_world({"seed": 0, "pool": {"n_samples": 600, "samples_per_shard": 200},
-                            "eval": {"images_per_unseen_pair": 0, "images_per_seen_pair": 0}},
+                            "eval": {"images_per_unseen_pair": 0, "images_per_seen_pair": 0, "alt_images_per_pair": 0}},
                            tmp_path / "worlds", progress=False)
     spec = {"size": 100, "nmi": 0.99, "pairs": None, "seed": 0, "tol": 0.005}
     with pytest.raises(ValueError, match="not reachable"):

@@ -15,7 +15,7 @@ from conftest import run_cli
 def world(tmp_path_factory):
     cfg = yaml.safe_load((RECIPES_DIR / "world" / "default.yaml").read_text())
     cfg["pool"].update(n_samples=3000, samples_per_shard=1000)
-    cfg["eval"].update(images_per_unseen_pair=1, images_per_seen_pair=1)
+    cfg["eval"].update(images_per_unseen_pair=1, images_per_seen_pair=1, alt_images_per_pair=0)
     return generate_world(cfg, tmp_path_factory.mktemp("worlds"), progress=False)
 
 

@@ -43,7 +43,7 @@ def toy(tmp_path_factory):
     """Labels (uid, attribute, object) of a 6000-sample default toy world, read from its shards."""
     cfg = yaml.safe_load((RECIPES_DIR / "world" / "default.yaml").read_text())
     cfg["pool"].update(n_samples=6000, samples_per_shard=2000)
-    cfg["eval"].update(images_per_unseen_pair=1, images_per_seen_pair=1)
+    cfg["eval"].update(images_per_unseen_pair=1, images_per_seen_pair=1, alt_images_per_pair=0)
     world = generate_world(cfg, tmp_path_factory.mktemp("worlds"), progress=False)
     rows = []
     for shard in load_world(world)["shards"]:

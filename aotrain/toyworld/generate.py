@@ -7,6 +7,8 @@ Layout of world_dir(root, cfg):
     pool/sizes.json                  {shard filename: count}
     imagenet_ao/unseen/<attr obj>/0000.png ...   held-out pairs
     imagenet_ao/seen/<attr obj>/0000.png ...     seen pairs
+    imagenet_ao_alt/{unseen,seen}/...            the same pairs drawn by the second renderer
+                                                 (alt_renderer.py; eval.alt_images_per_pair, evaluation only)
     world.json                       written last; its presence marks a complete world
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ import shutil
 import struct
 import tarfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -32,9 +34,10 @@ from data_filters.files import add_tar_member, no_empty_folders_on_error, sweep_
 from data_filters.nmi import joint_stats
 from data_filters.workers import tied_to_parent, usable_cpus
 
+from .alt_renderer import render_alt
 from .captions import NAMES, make_caption, plural
 from .shapes import render
-from .world import EVAL, PAIR, POOL, normalise_config, plan_world, rng_for, world_dir
+from .world import EVAL, EVAL_ALT, PAIR, POOL, normalise_config, plan_world, rng_for, world_dir
 
 WORLD_FILE = "world.json"
 
@@ -124,19 +127,26 @@ def _write_pool(out: Path, cfg: dict, plan: dict, bar, workers: int) -> list[str
     return list(sizes)
 
 
-def _write_eval(out: Path, cfg: dict, plan: dict, bar) -> None:
-    """ImageNet-AO folders; each image seeded by (seed, split, attribute, object, i) only."""
+def _eval_sets(cfg: dict) -> list[tuple[str, Callable, int, dict[str, int]]]:
+    """(folder, renderer, RNG stream, images per pair of each split) of every evaluation benchmark."""
+    ev = cfg["eval"]
+    return [("imagenet_ao", render, EVAL, {"unseen": ev["images_per_unseen_pair"], "seen": ev["images_per_seen_pair"]}),
+            ("imagenet_ao_alt", render_alt, EVAL_ALT, dict.fromkeys(("unseen", "seen"), ev["alt_images_per_pair"]))]
+
+
+def _write_eval(out: Path, cfg: dict, plan: dict, bar, draw: Callable, stream: int, per_pair: dict[str, int]) -> None:
+    """ImageNet-AO folders drawn by `draw`; each image seeded by (seed, stream, split, attribute, object, i) only."""
     attrs, objs, kinds = plan["attributes"], plan["objects"], plan["attribute_kinds"]
     for split_id, (split, key) in enumerate([("unseen", "held_out_pairs"), ("seen", "seen_pairs")]):
-        n = cfg["eval"][f"images_per_{split}_pair"]
+        n = per_pair[split]
         if n == 0:
             continue  # no empty class folders
         for attr, obj in plan[key]:
             folder = out / split / f"{attr} {obj}"
             folder.mkdir(parents=True)
             for i in range(n):
-                rng = rng_for(cfg["seed"], EVAL, split_id, attrs.index(attr), objs.index(obj), i)
-                image = render(obj, attr, kinds[attr], cfg["image_size"], rng)
+                rng = rng_for(cfg["seed"], stream, split_id, attrs.index(attr), objs.index(obj), i)
+                image = draw(obj, attr, kinds[attr], cfg["image_size"], rng)
                 (folder / f"{i:04d}.png").write_bytes(_encode(image, "png"))
                 bar.update()
 
@@ -187,14 +197,15 @@ def _env_workers(value: str) -> int:
 def _fill(tmp: Path, final: Path, cfg: dict, plan: dict, progress: bool, workers: int | None) -> None:
     """Write the world into `tmp`, then publish it as `final`; `tmp` never outlives an error."""
     try:
-        ev = cfg["eval"]
-        total = len(plan["sample_pairs"]) + ev["images_per_unseen_pair"] * len(plan["held_out_pairs"])
-        total += ev["images_per_seen_pair"] * len(plan["seen_pairs"])
+        evals = _eval_sets(cfg)
+        total = len(plan["sample_pairs"]) + sum(n["unseen"] * len(plan["held_out_pairs"])
+                                                + n["seen"] * len(plan["seen_pairs"]) for *_, n in evals)
         with tqdm(total=total, disable=not progress, desc=f"toyworld {final.name}", unit="img") as bar:
             if workers is None:
                 workers = min(usable_cpus(), 8) if len(plan["sample_pairs"]) >= 10000 else 1  # small: fork costs more
             shards = _write_pool(tmp / "pool", cfg, plan, bar, workers)
-            _write_eval(tmp / "imagenet_ao", cfg, plan, bar)
+            for folder, draw, stream, per_pair in evals:
+                _write_eval(tmp / folder, cfg, plan, bar, draw, stream, per_pair)
         counts = plan["counts"]
         pairs, naming = plan["sample_pairs"], plan["sample_naming"]
         named = np.zeros_like(counts)  # samples whose caption names their pair: what `filter stats` counts

@@ -33,13 +33,14 @@ DEFAULT_CONFIG = {
     "held_out_per_object": 2,
     "pool": {"n_samples": 40000, "samples_per_shard": 5000, "joint": "uniform", "concentration": 0.9, "image_format": "png",
              "object_only": 0.0, "attribute_only": 0.0},
-    "eval": {"images_per_unseen_pair": 10, "images_per_seen_pair": 4},
+    # alt_images_per_pair: images of every pair (seen and unseen) in the second style (alt_renderer.py), 0: none
+    "eval": {"images_per_unseen_pair": 10, "images_per_seen_pair": 4, "alt_images_per_pair": 5},
 }
 JOINTS = ("uniform", "skewed", "mixture")
 IMAGE_FORMATS = ("png", "jpg")
 
 # Independent RNG streams: SeedSequence([seed, STREAM, ...]).
-HELD_OUT, PREFERRED, SHUFFLE, POOL, EVAL, NAMING = 1, 2, 3, 4, 5, 6
+HELD_OUT, PREFERRED, SHUFFLE, POOL, EVAL, EVAL_ALT, NAMING = 1, 2, 3, 4, 5, 6, 7
 PAIR, OBJECT_ONLY, ATTRIBUTE_ONLY = 0, 1, 2  # what a pool sample's caption names (captions.NAMES order)
 
 
