@@ -151,6 +151,7 @@ def prepare_subset(pool: Path, vocab_spec: str, spec: dict, cache: Path,
     shards = reshard_stage(Path(pool), folder, samples_per_shard, stats["uid_field"])
     manifest = json.loads((folder / "subset" / "manifest.json").read_text())
     return shards, {**manifest, "pool": str(pool), "pool_nmi": stats["nmi"], "pool_labelled": stats["labelled"],
+                    "pool_single_side": stats.get("object_only", 0) + stats.get("attribute_only", 0),
                     "pool_captions": stats["captions"], "pool_kind": stats.get("pool_kind"),
                     "not_downloaded": stats.get("not_downloaded", 0),
                     "pool_skipped": stats.get("skipped", {}), "pool_truncated_shards": stats.get("truncated_shards", [])}

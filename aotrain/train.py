@@ -117,9 +117,9 @@ def subset_facts(subset: dict | None) -> dict | None:
     if subset is None:
         return None
     facts = {k: subset.get(k) for k in ("size", "nmi", "nmi_target", "distinct_pairs", "distinct_pairs_target",
-                                         "pool", "pool_captions", "pool_labelled")}
+                                         "pool", "pool_captions", "pool_labelled", "pool_single_side")}
     if facts["pool_captions"] is not None and facts["pool_labelled"] is not None:
-        facts["pool_unlabelled"] = facts["pool_captions"] - facts["pool_labelled"]
+        facts["pool_unlabelled"] = facts["pool_captions"] - facts["pool_labelled"] - (facts["pool_single_side"] or 0)
     for key in ("not_downloaded", "duplicates_dropped"):  # present when the pool stage counts them
         if subset.get(key) is not None:
             facts[key] = subset[key]
@@ -377,14 +377,19 @@ def _subset_lines(facts: dict) -> list[str]:
                                        else " (no target)")
     pairs = f"{facts['distinct_pairs']:,} distinct pairs" + (
         f" (target {facts['distinct_pairs_target']})" if facts.get("distinct_pairs_target") is not None else "")
+    single = facts.get("single_side") or {}
+    alone = single.get("object_only", 0) + single.get("attribute_only", 0)
     labelled = f" of {facts['pool_labelled']:,} labelled" if facts.get("pool_labelled") is not None else ""
-    lines = [f"subset        {facts['size']:,} samples{labelled}; {nmi}; {pairs}"]
+    if facts.get("pool_single_side"):  # single-side captions: NMI and pairs are those of the pair captions
+        labelled = f" of {facts['pool_labelled']:,} pair + {facts['pool_single_side']:,} single-side captions"
+    size = f"{facts['size']:,} samples" + (f" ({alone:,} naming one side alone)" if alone else "")
+    lines = [f"subset        {size}{labelled}; {nmi}; {pairs}"]
     if facts.get("pool") is None:
         return lines
     dropped = []
     captions = facts.get("pool_captions")
     if facts.get("pool_unlabelled"):
-        dropped.append(f"{facts['pool_unlabelled']:,} of {captions:,} pool captions name no single pair")
+        dropped.append(f"{facts['pool_unlabelled']:,} of {captions:,} pool captions name no single pair or side")
     for key, words in (("not_downloaded", "not downloaded"), ("duplicates_dropped", "duplicate images")):
         if facts.get(key):
             dropped.append(f"{facts[key]:,} {words}")
@@ -392,6 +397,6 @@ def _subset_lines(facts: dict) -> list[str]:
     if facts.get("pool_truncated_shards"):
         dropped.append(f"{facts['pool_truncated_shards']} truncated shard(s)")
     if not dropped:
-        dropped = [f"nothing: all {captions:,} pool captions name one pair" if captions else "nothing"]
+        dropped = [f"nothing: all {captions:,} pool captions name one pair or one side" if captions else "nothing"]
     lines.append(f"dropped       {'; '.join(dropped)}")
     return lines

@@ -61,15 +61,20 @@ def run(world, pool, target, tmp_path_factory):  # noqa: F811
 def test_the_printed_summary_says_size_nmi_target_pairs_and_what_was_dropped(run, target):
     out, manifest = run["proc"].stdout, run["manifest"]
     line = next(x for x in out.splitlines() if x.startswith("subset "))
-    labelled = run["summary"]["subset"]["pool_labelled"]
-    assert line.split(None, 1)[1] == (f"{SIZE} samples of {labelled:,} labelled; NMI {manifest['nmi']:.3f} "
+    facts = run["summary"]["subset"]
+    labelled, single = facts["pool_labelled"], facts["pool_single_side"]
+    alone = sum(facts.get("single_side", {}).get(k, 0) for k in ("object_only", "attribute_only"))
+    size = f"{SIZE:,} samples" + (f" ({alone:,} naming one side alone)" if alone else "")
+    pool = f"{labelled:,} pair + {single:,} single-side captions" if single else f"{labelled:,} labelled"
+    assert line.split(None, 1)[1] == (f"{size} of {pool}; NMI {manifest['nmi']:.3f} "
                                       f"(target {target:g}); {manifest['distinct_pairs']} distinct pairs")
     assert abs(manifest["nmi"] - target) <= TOL
     dropped = next(x for x in out.splitlines() if x.startswith("dropped "))
-    facts = run["summary"]["subset"]
     # the pool writer gives some samples a caption with no pair or two: labelling drops them
-    assert facts["pool_unlabelled"] > 0 and facts["pool_captions"] == facts["pool_labelled"] + facts["pool_unlabelled"]
-    assert f"{facts['pool_unlabelled']:,} of {facts['pool_captions']:,} pool captions name no single pair" in dropped
+    assert facts["pool_unlabelled"] > 0
+    assert facts["pool_captions"] == labelled + single + facts["pool_unlabelled"]
+    assert f"{facts['pool_unlabelled']:,} of {facts['pool_captions']:,} pool captions name no single pair or side" \
+        in dropped
     if facts.get("not_downloaded"):  # counted by the pool reader (the pool's missing files)
         assert f"{facts['not_downloaded']:,} not downloaded" in dropped
     # the summary block is in order: where things are, then what it trained on, then the metrics
