@@ -155,8 +155,11 @@ def test_the_toy_recipes_print_the_same_subset_lines(smoke_fit):
     summary = json.loads(next((root / "runs").glob("toy_low_nmi-*/summary.json")).read_text())
     facts = summary["subset"]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("subset "))
-    assert line.split(None, 1)[1].startswith(f"300 samples of {facts['pool_labelled']:,} labelled; "
-                                             f"NMI {facts['nmi']:.3f} (target 0.09); ")
+    alone = facts["single_side"]["object_only"]  # the toy world names the object alone in 30% of captions
+    assert 0.2 * 300 < alone < 0.4 * 300
+    assert line.split(None, 1)[1].startswith(
+        f"300 samples ({alone:,} naming one side alone) of {facts['pool_labelled']:,} pair + "
+        f"{facts['pool_single_side']:,} single-side captions; NMI {facts['nmi']:.3f} (target 0.09); ")
     assert "dropped " in proc.stdout
     # the world's split names say which pairs were seen: no seen_from, no marking line
     assert summary["seen_pairs"] is None and "\neval: " not in proc.stderr
