@@ -23,10 +23,13 @@ from evaluation.sweep_stats import SUPERVISION_AXIS, cell_groups, cell_table, is
 __all__ = ["metric_label"]
 
 UNSEEN_OBJECT = "eval/unseen/object_top1"
+PROBE_UNSEEN_OBJECT = "eval/probe/unseen/object_top1"  # the one object metric every arm has, the self arm only it
 
 AXIS_LABELS = {"nmi": "NMI", "size": "size", "diversity": "diversity"}
-SUPERVISION_LABELS = {"language": "CLIP, language supervision", "labels": "supervised twin, label supervision"}
-SUPERVISION_MARKERS = {"language": "o", "labels": "s"}
+SUPERVISION_LABELS = {"language": "CLIP, language supervision", "labels": "supervised twin, label supervision",
+                      "self": "image-only arm, two views (self-supervised)"}
+SUPERVISION_MARKERS = {"language": "o", "labels": "s", "self": "^"}
+SUPERVISION_ORDER = {"language": 0, "labels": 1, "self": 2}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -43,8 +46,8 @@ def _supervisions(runs: pd.DataFrame) -> list:
     """Supervision values present, language first; [None] when the sweep has no such axis."""
     if SUPERVISION_AXIS not in runs.columns:
         return [None]
-    order = {"language": 0, "labels": 1}
-    return sorted(runs[SUPERVISION_AXIS].dropna().unique().tolist(), key=lambda s: (order.get(s, 2), str(s)))
+    return sorted(runs[SUPERVISION_AXIS].dropna().unique().tolist(),
+                  key=lambda s: (SUPERVISION_ORDER.get(s, len(SUPERVISION_ORDER)), str(s)))
 
 
 def unique_values(items) -> list:
@@ -290,8 +293,10 @@ PLOT_LINES = {"nmi": ("size", "diversity"), "size": ("nmi", "diversity"), "diver
 
 
 def write_plots(runs: pd.DataFrame, out_dir: Path, axes: Sequence[str], primary: str) -> dict[str, Path]:
-    """acc_vs_<axis>.png for nmi, size and diversity (when swept), robustness.png and effective_robustness.png."""
-    metrics = [m for m in unique_values([primary, UNSEEN_OBJECT]) if has_values(runs, m)]
+    """acc_vs_<axis>.png for nmi, size and diversity (when swept), robustness.png and effective_robustness.png.
+    The accuracy plots have a row for the linear probe's unseen object accuracy when the runs have it: the
+    self-supervised arm's only metric, so its column is empty in the other rows."""
+    metrics = [m for m in unique_values([primary, UNSEEN_OBJECT, PROBE_UNSEEN_OBJECT]) if has_values(runs, m)]
     present = present_axes(runs, axes)
     written = {}
     for x, line_axes in PLOT_LINES.items():

@@ -11,37 +11,16 @@ the same images in the same order and budget, trained to match two augmented vie
       temperature: 0.5                # NT-Xent's fixed temperature
       projection: {hidden: null, dim: 128}   # the projection MLP the loss reads (null hidden: embed_dim)
 
-Across ranks each rank scores its own views against every rank's (open_clip's gather with
-gradient, as the CLIP loss does), so the mean of the ranks' losses is the single-process loss on
-the global batch.
+Across ranks each rank scores its own views against every rank's (aotrain/modules/nt_xent.py), so
+the mean of the ranks' losses is the single-process loss on the global batch.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from open_clip.loss import gather_features
 
 from aotrain.modules.base import BaseModule
+from aotrain.modules.nt_xent import nt_xent
 from aotrain.towers import ProjectedTower
-
-
-def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float, rank: int = 0, world_size: int = 1) -> torch.Tensor:
-    """SimCLR's NT-Xent loss of this rank's two views' projections `a`, `b` [B, D] (row i of each is
-    one image) over the global batch of N = B x world_size images: every view's cross-entropy of
-    picking its image's other view among the 2N - 1 other views (cosine similarity / temperature),
-    averaged over this rank's 2B views. Under several ranks the other ranks' views are gathered with
-    their gradient; the mean over ranks is the loss of one process holding the global batch."""
-    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
-    all_a, all_b = (a, b) if world_size == 1 else gather_features(a, b, local_loss=True, gather_with_grad=True,
-                                                                  rank=rank, world_size=world_size)  # [N, D] each
-    n, local = all_a.shape[0], a.shape[0]
-    logits = torch.cat([a, b]) @ torch.cat([all_a, all_b]).T / temperature  # [2B, 2N]
-    own = torch.arange(local, device=a.device) + rank * local  # this rank's images among the N
-    itself = torch.cat([own, own + n])  # where each of the 2B views sits among the 2N
-    other_view = torch.cat([own + n, own])
-    self_mask = torch.zeros_like(logits, dtype=torch.bool)
-    self_mask[torch.arange(2 * local, device=a.device), itself] = True
-    return F.cross_entropy(logits.masked_fill(self_mask, float("-inf")), other_view)
 
 
 class SelfSupervisedModule(BaseModule):
