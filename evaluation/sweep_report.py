@@ -288,6 +288,10 @@ def _headlines_md(effects: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[str]
     cell_axes = swept_cell_axes(runs, axes)
     metrics = unique_values([primary, UNSEEN_OBJECT, PROBE_UNSEEN_OBJECT])
     chosen = effects[effects["metric"].isin(metrics)].to_dict("records")
+    # The probe's sentence only for an arm with no object accuracy of its own (the self arm); the others'
+    # probe effects are in the effects table.
+    own = {e.get(SUPERVISION_AXIS) for e in chosen if e["metric"] == UNSEEN_OBJECT}
+    chosen = [e for e in chosen if e["metric"] != PROBE_UNSEEN_OBJECT or e.get(SUPERVISION_AXIS) not in own]
     if not chosen:
         return ["_No effect could be estimated: no numeric axis has two or more values with data._"]
     # Reading order: per metric, CLIP before its twins (the stable sort keeps the rest).
