@@ -9,9 +9,9 @@ refill of a short stream and the per-sample seeds are the stages after it.
 
 The target is the tokenized caption (CLIP), the caption's (attribute, object) label indices
 (a supervised twin) or a second augmented view of the image (the self-supervised arm, whose first
-view takes the image's place; aotrain/data/views.py); all come from the same sample order. With a `labeller` (data_filters'
-CaptionParser.label), a sample whose caption does not name exactly one pair is dropped, in both
-modes alike, and counted. Samples that break data_filters' sample rule (no or undecodable image,
+view takes the image's place; aotrain/data/views.py); all come from the same sample order. With a
+`labeller` (data_filters' CaptionParser.label), a sample whose caption does not name exactly one
+pair is dropped, in every mode alike, and counted. Samples that break data_filters' sample rule (no or undecodable image,
 no or non-UTF-8 caption) and truncated shards are skipped and counted too: `skipped` holds, per
 SKIP_COLUMNS, how many were passed over just before this sample, and each is logged with its shard.
 
