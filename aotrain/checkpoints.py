@@ -118,6 +118,10 @@ def load_checkpoint(path, model_name: str | None = None):
     elif kind == "supervised":
         towers.model_config(name)  # clear error for an unknown name
         net = towers.SupervisedNet(name, ckpt["aotrain_classes"])
+    elif kind == "self":  # nothing to score the benchmark with; its probe needs the training data
+        raise ValueError(f"{path} is a self-supervised image tower (supervision=self): it has no text tower or "
+                         "head to evaluate; its linear probe is fitted at the end of aotrain fit, on training "
+                         "samples (<run folder>/eval/probe.json)")
     else:
         raise ValueError(f"{path} holds a {kind!r} module, which aotrain eval cannot read")
     load_weights(net, _strip(ckpt["state_dict"], "net."), str(path), name)

@@ -67,6 +67,8 @@ MAIN_OPTIONS = [
     ("data.pool=PATH", "a folder of webdataset shards (real data; with ~world)"),
     ("optim.lr=FLOAT", "peak learning rate (linear warmup, cosine decay)"),
     ("supervision=labels", "the supervised twin: same image tower, images, order and budget, object labels"),
+    ("supervision=self", "image-only: the same tower, images, order and budget, two augmented views (SimCLR); "
+                         "evaluated by the linear probe"),
     ("parity.twin=RUN_DIR", "stop unless this run is a twin of that run (tower, data, batch, steps, schedule)"),
     ("subset.nmi=FLOAT", "NMI target of the training subset selected from the toy pool"),
     ("subset.size=INT", "samples in that subset (same marginals at every target)"),
@@ -101,7 +103,8 @@ def recipes_and_options() -> list[str]:
 def command_help(command: str) -> str:
     intro = {
         "fit": "usage: aotrain fit [--print-config] [recipe=NAME] [KEY=VALUE ...]\n\n"
-               "Train a CLIP from scratch, evaluate it zero-shot and log the run to MLflow.",
+               "Train a CLIP from scratch, evaluate it zero-shot and log the run to MLflow (supervision=labels:\n"
+               "its supervised twin; supervision=self: its image tower on two views per image, probe only).",
         "world": "usage: aotrain world [recipe=NAME] [KEY=VALUE ...]\n\n"
                  "Generate the recipe's toy world (pool shards + ImageNet-AO folders) if missing; for a\n"
                  "real-data recipe, run its pool stages (stats, select, reshard) without training.",
@@ -135,6 +138,7 @@ def eval_help() -> str:
 SWEEP_OPTIONS = [
     ("recipe=NAME", "the sweep recipe (recipes/sweeps/): its name, base fit overrides and grid"),
     ("grid.AXIS=[v1,v2,...]", "values of an axis (nmi, size, diversity, seed, supervision, model); null: not swept"),
+    ("grid.supervision=[...]", "language (CLIP), labels (supervised twin), self (image-only): twins check parity"),
     ("'extra=[\"KEY=VALUE\",...]'", "more fit overrides for every cell, after the recipe's base"),
     ("budget.epochs=E", "fixed epochs: each cell trains E passes over its subset (default: the base's fixed steps)"),
     ("launcher.parallel=INT", "fits at a time on this machine (default 1)"),

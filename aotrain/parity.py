@@ -1,7 +1,9 @@
-"""Parity between a CLIP run and its supervised twin: what must be equal, recorded for every run.
+"""Parity between a CLIP run and its twins (supervised, self-supervised): what must be equal, recorded
+for every run.
 
     aotrain fit recipe=toy_low_nmi                                                  # the CLIP run
     aotrain fit recipe=toy_low_nmi_supervised parity.twin=outputs/runs/toy_low_nmi-<id>   # checked against it
+    aotrain fit recipe=toy_low_nmi supervision=self parity.twin=outputs/runs/toy_low_nmi-<id>
 
 Every fit writes `<run_dir>/parity.json` and logs its items as `parity_*` params. With
 `parity.twin=RUN_DIR` (or a parity.json path) a run first compares its record with the twin's and
@@ -16,6 +18,17 @@ stops, naming every item that differs, before any training. Items:
   max_steps          optimizer steps
   schedule           optimizer and learning-rate schedule settings
   precision          numeric precision
+
+An arm's own item, recorded only by the arm that trains with it and compared only between two runs
+that both record it:
+
+  view_augmentation  the self-supervised arm's view augmentation (aotrain/data/views.py; data.views)
+
+Why the views are an item of their own: the augmentation is the self arm's training signal, as the
+captions are CLIP's and the labels the twin's, so the other arms have nothing to match it with; what
+they do share is checked as for any twin: each view ends in the model's train transform, the
+`image_transforms` item, and the tower is evaluated through the same eval transform. Two self runs
+(e.g. across seeds) must also agree on the augmentation.
 """
 from __future__ import annotations
 
@@ -25,11 +38,13 @@ from pathlib import Path
 
 from aotrain import towers
 from aotrain.config import to_dict
+from aotrain.data.views import view_augmentation
 from data_filters.vocab import vocabulary_checksum
 
 RECORD = "parity.json"
 ITEMS = ("vision_tower", "vision_parameters", "image_transforms", "data", "global_batch", "max_steps",
          "schedule", "precision")
+ARM_ITEMS = ("view_augmentation",)  # compared only when both records hold it
 
 
 def _data_checksum(pool: str, subset: dict | None) -> str:
@@ -47,6 +62,9 @@ def parity_record(cfg, subset: dict | None, vision_parameters: int) -> dict:
     model = towers.model_config(cfg.model.name)
     train_tf, eval_tf = towers.image_transforms(cfg.model.name)
     trainer = cfg.trainer
+    own = {}
+    if cfg.data.get("targets") == "views":
+        own["view_augmentation"] = repr(view_augmentation(cfg.model.name, **to_dict(cfg.data.views)))
     return {
         "vision_tower": {"embed_dim": model["embed_dim"], **model["vision_cfg"]},
         "vision_parameters": vision_parameters,
@@ -63,6 +81,7 @@ def parity_record(cfg, subset: dict | None, vision_parameters: int) -> dict:
         "max_steps": trainer.max_steps,
         "schedule": to_dict(cfg.optim),
         "precision": str(trainer.precision),
+        **own,
     }
 
 
@@ -76,7 +95,7 @@ def _int(value) -> int:
 def differences(mine: dict, theirs: dict) -> list[str]:
     """One line per parity item that differs: 'item: this run X, twin Y' (sub-keys named where nested)."""
     lines = []
-    for item in ITEMS:
+    for item in (*ITEMS, *(i for i in ARM_ITEMS if i in mine and i in theirs)):
         a, b = mine.get(item), theirs.get(item)
         if a == b:
             continue
@@ -105,7 +124,7 @@ def load_record(twin: str | Path) -> dict:
 def flat_params(record: dict) -> dict:
     """MLflow params: short items as they are, long ones as a 12-character hash."""
     out = {}
-    for item in ITEMS:
+    for item in (*ITEMS, *(i for i in ARM_ITEMS if i in record)):
         text = json.dumps(record[item], sort_keys=True) if isinstance(record[item], dict) else str(record[item])
         out[f"parity_{item}"] = text if len(text) <= 40 else hashlib.sha256(text.encode()).hexdigest()[:12]
     return out

@@ -6,6 +6,7 @@ Our tiny configs live in aotrain/model_configs/*.json and are registered beside 
     >>> model = build_clip("toy-vit-tiny")          # random init, never downloads weights
     >>> tower = build_vision_tower("toy-vit-tiny")  # its image tower alone (the supervised twin's)
     >>> net = SupervisedNet("toy-vit-tiny", {"object": ["cube", "sphere"]})   # that tower + linear heads
+    >>> net = ProjectedTower("toy-vit-tiny", hidden=128, dim=64)   # that tower + a projection MLP (self-supervised)
     >>> train_tf, eval_tf = image_transforms("toy-vit-tiny")
 
 Every function here also takes the path of an open_clip model config file (the JSON of open_clip's
@@ -132,3 +133,22 @@ class SupervisedNet(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.visual(images)  # [B, embed_dim]
         return {task: head(feats) for task, head in self.heads.items()}
+
+
+class ProjectedTower(nn.Module):
+    """Image tower + SimCLR's projection MLP (embed_dim -> hidden -> ReLU -> dim), which only the
+    self-supervised loss reads: evaluation and the linear probe read the tower (`visual`).
+    forward(images [B,3,H,W]) -> [B, dim]."""
+
+    def __init__(self, model_name: str, hidden: int | None = None, dim: int = 128):
+        super().__init__()
+        self.visual = build_vision_tower(model_name)  # first, so its init matches the CLIP twin's
+        width = model_config(model_name)["embed_dim"]
+        hidden = hidden or width
+        self.projection = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.visual.set_grad_checkpointing(enable)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.visual(images))  # [B, dim]

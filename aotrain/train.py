@@ -222,17 +222,21 @@ def check_probe(cfg, benchmark: Benchmark) -> None:
         raise UserError(f"eval.probe_samples: the probe's classes (data.vocabulary's objects): {e}") from None
 
 
-def build_callbacks(cfg, run_dir: Path) -> list:
+def build_callbacks(cfg, run_dir: Path, module) -> list:
     every = cfg.eval.every_n_steps or cfg.trainer.max_steps
     benchmark, probe_samples = load_benchmark(cfg), cfg.eval.get("probe_samples") or 0
+    if not module.classifies and not probe_samples:
+        raise UserError(f"supervision={module.kind} is evaluated by the linear probe only: set eval.probe_samples "
+                        "to a number of training samples (e.g. 2048)")
     if probe_samples:
         check_probe(cfg, benchmark)
+    mode = cfg.eval.get("checkpoint_mode") or "max"  # checked when composed (aotrain/validate.py)
     return [
         BenchmarkEvaluation(benchmark, str(run_dir), every_n_steps=cfg.eval.every_n_steps,
                             probe_samples=probe_samples),
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best-{step}" if cfg.eval.checkpoint_monitor
                         else "{step}", save_last=True,
-                        monitor=cfg.eval.checkpoint_monitor, mode="max", save_top_k=1,
+                        monitor=cfg.eval.checkpoint_monitor, mode=mode, save_top_k=1,
                         every_n_train_steps=every),
         LearningRateMonitor(logging_interval="step"),
         StepGuard(str(run_dir), max_bad_fraction=cfg.data.max_bad_fraction, error_log=cfg.data.error_log),
@@ -284,7 +288,7 @@ def fit(cfg) -> dict:
         raise UserError(str(e)) from None
     if cfg.parity.twin:
         check_twin(parity, cfg.parity.twin)  # before anything is written or trained
-    callbacks = build_callbacks(cfg, run_dir)
+    callbacks = build_callbacks(cfg, run_dir, module)
     seen_line = callbacks[0].benchmark.describe_seen()
     if seen_line and is_rank_zero():
         print(f"eval: {seen_line}", file=sys.stderr, flush=True)

@@ -108,13 +108,17 @@ class EvalResult:
         return "\n".join(lines) + "\n"
 
     def write(self, out_dir: str | Path) -> dict[str, Path]:
-        """Write metrics.json, eval_table.csv/.md, and czsl_curve.csv/.png, contamination.json, probe.json when known."""
+        """Write metrics.json, eval_table.csv/.md, and czsl_curve.csv/.png, contamination.json, probe.json when
+        known. A result holding a probe only (a model that does not classify) writes probe.json alone."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        paths = {"metrics": out / "metrics.json", "table_csv": out / "eval_table.csv", "table_md": out / "eval_table.md"}
-        write_text_atomic(paths["metrics"], json.dumps(self.metrics, indent=2) + "\n")
-        write_text_atomic(paths["table_csv"], _csv(self.table, TABLE_COLUMNS))
-        write_text_atomic(paths["table_md"], self.to_markdown())
+        paths = {}
+        if self.metrics or self.table or self.probe is None:
+            paths = {"metrics": out / "metrics.json", "table_csv": out / "eval_table.csv",
+                     "table_md": out / "eval_table.md"}
+            write_text_atomic(paths["metrics"], json.dumps(self.metrics, indent=2) + "\n")
+            write_text_atomic(paths["table_csv"], _csv(self.table, TABLE_COLUMNS))
+            write_text_atomic(paths["table_md"], self.to_markdown())
         if self.czsl is not None:
             paths["czsl_csv"] = out / "czsl_curve.csv"
             write_text_atomic(paths["czsl_csv"], _csv(self.czsl.to_rows()))

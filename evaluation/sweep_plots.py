@@ -25,10 +25,13 @@ __all__ = ["alt_metric", "metric_label"]
 UNSEEN_OBJECT = "eval/unseen/object_top1"
 ALT = "alt"  # the group of the toy world's second renderer: eval/alt/unseen/..., eval/probe/alt/unseen/...
 RENDERER_LABELS = {"": "first renderer (the training images' style)", ALT: "second renderer (never trained on)"}
+PROBE_UNSEEN_OBJECT = "eval/probe/unseen/object_top1"  # the one object metric every arm has, the self arm only it
 
 AXIS_LABELS = {"nmi": "NMI", "size": "size", "diversity": "diversity"}
-SUPERVISION_LABELS = {"language": "CLIP, language supervision", "labels": "supervised twin, label supervision"}
-SUPERVISION_MARKERS = {"language": "o", "labels": "s"}
+SUPERVISION_LABELS = {"language": "CLIP, language supervision", "labels": "supervised twin, label supervision",
+                      "self": "image-only arm, two views (self-supervised)"}
+SUPERVISION_MARKERS = {"language": "o", "labels": "s", "self": "^"}
+SUPERVISION_ORDER = {"language": 0, "labels": 1, "self": 2}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -45,8 +48,8 @@ def _supervisions(runs: pd.DataFrame) -> list:
     """Supervision values present, language first; [None] when the sweep has no such axis."""
     if SUPERVISION_AXIS not in runs.columns:
         return [None]
-    order = {"language": 0, "labels": 1}
-    return sorted(runs[SUPERVISION_AXIS].dropna().unique().tolist(), key=lambda s: (order.get(s, 2), str(s)))
+    return sorted(runs[SUPERVISION_AXIS].dropna().unique().tolist(),
+                  key=lambda s: (SUPERVISION_ORDER.get(s, len(SUPERVISION_ORDER)), str(s)))
 
 
 def unique_values(items) -> list:
@@ -304,9 +307,11 @@ PLOT_LINES = {"nmi": ("size", "diversity"), "size": ("nmi", "diversity"), "diver
 
 
 def write_plots(runs: pd.DataFrame, out_dir: Path, axes: Sequence[str], primary: str) -> dict[str, Path]:
-    """acc_vs_<axis>.png for nmi, size and diversity (when swept), robustness.png and effective_robustness.png;
-    the second renderer's metrics, when the runs have them, are rows of their own in acc_vs_<axis>.png."""
-    firsts = [primary, UNSEEN_OBJECT]
+    """acc_vs_<axis>.png for nmi, size and diversity (when swept), robustness.png and effective_robustness.png.
+    The accuracy plots have a row for the linear probe's unseen object accuracy when the runs have it (the
+    self-supervised arm's only metric, so its column is empty in the other rows), and the second renderer's
+    metrics, when the runs have them, rows of their own."""
+    firsts = [primary, UNSEEN_OBJECT, PROBE_UNSEEN_OBJECT]
     metrics = [m for m in unique_values([*firsts, *map(alt_metric, firsts)]) if has_values(runs, m)]
     present = present_axes(runs, axes)
     written = {}

@@ -25,8 +25,9 @@ from pandas.api.types import is_numeric_dtype
 
 from data_filters.files import write_text_atomic
 from evaluation.fixed_nmi import MATCH_COLUMNS, NMI_MATCH, nmi_match, varies_diversity
-from evaluation.sweep_plots import (RENDERER_LABELS, SUPERVISION_LABELS, UNSEEN_OBJECT, alt_metric, axis_label,
-                                    format_value, has_values, metric_label, unique_values, write_plots)
+from evaluation.sweep_plots import (PROBE_UNSEEN_OBJECT, RENDERER_LABELS, SUPERVISION_LABELS, SUPERVISION_ORDER,
+                                    UNSEEN_OBJECT, alt_metric, axis_label, format_value, has_values, metric_label,
+                                    unique_values, write_plots)
 from evaluation.sweep_stats import (CELL_COLUMNS, DIFF_COLUMNS, GAP_COLUMNS, NUMERIC_AXES, SUPERVISION_AXIS,
                                     as_scalar, axis_transform, cell_table, check_runs, is_missing,
                                     paired_differences, plus_minus, present_axes, slopes, supervision_gap,
@@ -106,9 +107,10 @@ def _fmt_cell(value) -> str:
 
 
 def _effect_metrics(runs: pd.DataFrame, primary: str) -> list[str]:
-    """Metrics whose slopes are reported: primary, unseen object top-1 and their seen counterparts, on
-    each renderer the runs were evaluated on."""
-    candidates = [primary, UNSEEN_OBJECT, _seen_counterpart(primary), _seen_counterpart(UNSEEN_OBJECT)]
+    """Metrics whose slopes are reported: primary, unseen object top-1 (own head or prompts, and linear probe)
+    and their seen counterparts, on each renderer the runs were evaluated on."""
+    candidates = [primary, UNSEEN_OBJECT, PROBE_UNSEEN_OBJECT, _seen_counterpart(primary),
+                  _seen_counterpart(UNSEEN_OBJECT), _seen_counterpart(PROBE_UNSEEN_OBJECT)]
     return [m for m in unique_values([*candidates, *map(alt_metric, candidates)]) if has_values(runs, m)]
 
 
@@ -237,7 +239,9 @@ HOW_TO_READ = (
     "implied change is the slope times the range actually swept (not an extrapolation). The "
     "intervals treat runs as independent samples and assume a straight line on that scale. The "
     "supervision gap is CLIP (language-supervised) minus supervised-twin (label-supervised) "
-    "accuracy, paired by seed within each cell. Accuracies are fractions in [0, 1]."
+    "accuracy, paired by seed within each cell. An image-only arm (supervision=self, two augmented "
+    "views per image) has no prompts and no head: it appears by its linear probe's metrics only "
+    "(probe-object rows). Accuracies are fractions in [0, 1]."
 )
 
 PLOT_CAPTIONS = {
@@ -262,8 +266,9 @@ def _report_metrics(runs: pd.DataFrame, metrics: Sequence[str] | None) -> list[s
 
 def _main_metrics(metrics: Sequence[str], primary: str) -> list[str]:
     """Metrics whose per-cell tables go into report.md (all of ``metrics`` if none is a main one)."""
-    main = [primary, _seen_counterpart(primary), UNSEEN_OBJECT, _seen_counterpart(UNSEEN_OBJECT), CZSL_AUC,
-            alt_metric(primary), alt_metric(UNSEEN_OBJECT)]
+    main = [primary, _seen_counterpart(primary), UNSEEN_OBJECT, _seen_counterpart(UNSEEN_OBJECT),
+            PROBE_UNSEEN_OBJECT, _seen_counterpart(PROBE_UNSEEN_OBJECT), CZSL_AUC,
+            alt_metric(primary), alt_metric(UNSEEN_OBJECT), alt_metric(PROBE_UNSEEN_OBJECT)]
     chosen = [m for m in unique_values(main) if m in metrics]
     return chosen or list(metrics)
 
@@ -285,13 +290,17 @@ def _sweep_summary(runs: pd.DataFrame, axes: Sequence[str]) -> str:
 def _headlines_md(effects: pd.DataFrame, runs: pd.DataFrame, axes: Sequence[str], primary: str) -> list[str]:
     """Markdown lines: one bullet per effect of the headline metrics, grouped by axis."""
     cell_axes = swept_cell_axes(runs, axes)
-    metrics = unique_values([primary, UNSEEN_OBJECT])
+    metrics = unique_values([primary, UNSEEN_OBJECT, PROBE_UNSEEN_OBJECT])
     chosen = effects[effects["metric"].isin(metrics)].to_dict("records")
+    # The probe's sentence only for an arm with no object accuracy of its own (the self arm); the others'
+    # probe effects are in the effects table.
+    own = {e.get(SUPERVISION_AXIS) for e in chosen if e["metric"] == UNSEEN_OBJECT}
+    chosen = [e for e in chosen if e["metric"] != PROBE_UNSEEN_OBJECT or e.get(SUPERVISION_AXIS) not in own]
     if not chosen:
         return ["_No effect could be estimated: no numeric axis has two or more values with data._"]
-    # Reading order: per metric, CLIP before its supervised twin (the stable sort keeps the rest).
-    supervision_rank = {"language": 0, "labels": 1}
-    chosen.sort(key=lambda e: (metrics.index(e["metric"]), supervision_rank.get(e.get(SUPERVISION_AXIS), 2)))
+    # Reading order: per metric, CLIP before its twins (the stable sort keeps the rest).
+    last = len(SUPERVISION_ORDER)
+    chosen.sort(key=lambda e: (metrics.index(e["metric"]), SUPERVISION_ORDER.get(e.get(SUPERVISION_AXIS), last)))
     lines = []
     for x in unique_values(e["x"] for e in chosen):
         lines += ["", f"### {axis_label(x)}", ""]
@@ -534,7 +543,7 @@ def write_report(runs: pd.DataFrame, out_dir: str | os.PathLike, axes: Sequence[
     gaps = _gaps(runs, axes, _gap_metrics(runs))
     written["supervision_gap.csv"] = write_text_atomic(out_dir / "supervision_gap.csv", gaps.to_csv(index=False))
 
-    firsts = [primary, UNSEEN_OBJECT, "eval/probe/unseen/object_top1"]
+    firsts = [primary, UNSEEN_OBJECT, PROBE_UNSEEN_OBJECT]
     unseen = [m for m in unique_values([*firsts, *map(alt_metric, firsts)]) if has_values(runs, m)]
     diffs = _differences(runs, axes, unseen, half_width)
     written["paired_differences.csv"] = write_text_atomic(out_dir / "paired_differences.csv", diffs.to_csv(index=False))

@@ -2,8 +2,9 @@
 
 A sweep is a grid of training runs (e.g. NMI x dataset size x seed x supervision).  The input is a
 pandas DataFrame with one row per finished run: the axis columns (``seed`` is the replicate axis;
-``supervision`` is ``"language"`` for CLIP or ``"labels"`` for the supervised twin) plus metric
-columns named like the MLflow keys (``eval/unseen/pair_top1`` ...).  Reading MLflow happens elsewhere.
+``supervision`` is ``"language"`` for CLIP, ``"labels"`` for the supervised twin or ``"self"`` for the
+image-only arm, which has linear-probe metrics only) plus metric columns named like the MLflow keys
+(``eval/unseen/pair_top1`` ...).  Reading MLflow happens elsewhere.
 
 * a *cell* is the set of runs that agree on every axis except ``seed``; its mean comes with a
   t-interval over seeds (``mean_ci``, ``cell_table``);

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 # A file missing here only balances the workers less well.
 LONG_FIRST = ["test_slurm_cluster.py", "test_fsdp2.py", "test_tracking_outage.py", "test_sweep.py",
               "test_signals.py", "test_real_recipes.py", "test_resume.py", "test_bad_data.py",
-              "test_distributed.py", "test_supervised.py", "test_fit.py", "test_fit_summary.py"]
+              "test_distributed.py", "test_supervised.py", "test_selfsup.py", "test_fit.py", "test_fit_summary.py"]
 
 
 def pytest_collection_modifyitems(config, items):

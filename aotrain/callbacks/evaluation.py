@@ -2,7 +2,9 @@
 `every_n_steps` optimizer steps and at the end. At the end, with `probe_samples`, also a linear probe
 (evaluation/probe_eval.py) on the image tower's frozen features: fitted on that many labelled training
 samples (the datamodule's shards, eval transforms), read on the benchmark: `eval/probe/<group>/object_top1`
-(and `<out_dir>/eval/probe.json`), the one object accuracy every arm is measured by alike.
+(and `<out_dir>/eval/probe.json`), the one object accuracy every arm is measured by alike. A module
+that does not classify (`classifies` False: the self-supervised arm, with no prompts and no head) is
+evaluated by that probe only, at the end; the periodic evaluations pass it by.
 
 Metrics go to the Trainer's logger as `eval/<group>/<metric>` (names: evaluation/evaluate.py) and to
 `callback_metrics` on every rank, so ModelCheckpoint can monitor them. The tables of the latest
@@ -59,7 +61,8 @@ class BenchmarkEvaluation(L.Callback):
         pl_module.eval()
         # A fresh adapter per call: the weights changed since the last one, so must the text classifiers.
         with gathered or contextlib.nullcontext(), torch.no_grad():
-            result = self.benchmark.run(pl_module.evaluation_model(pl_module.device), rank_slice=part)
+            result = (self.benchmark.run(pl_module.evaluation_model(pl_module.device), rank_slice=part)
+                      if pl_module.classifies else EvalResult({}, []))
             if probe:
                 result.probe = self._probe(trainer, pl_module, part)
         pl_module.train(was_training)
@@ -75,13 +78,13 @@ class BenchmarkEvaluation(L.Callback):
 
     def _run(self, trainer, pl_module, final: bool = False):
         step = trainer.global_step
-        if step == self._last_step:
+        probe = final and self.probe_samples > 0
+        if step == self._last_step or not (pl_module.classifies or probe):
             return
         self._last_step = step
         started = time.perf_counter()
-        probe = final and self.probe_samples > 0
         self.last = self.evaluate(trainer, pl_module, probe)  # a collective: every rank reaches it at this step
-        if trainer.world_size > 1:
+        if trainer.world_size > 1 and self.last.images_scored is not None:
             total = sum(len(ds) for ds in self.benchmark.splits.values())
             print(f"eval: step {step}, rank {trainer.global_rank} of {trainer.world_size} encoded "
                   f"{self.last.images_scored} of {total} images in {time.perf_counter() - started:.2f} s",

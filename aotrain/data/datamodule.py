@@ -6,7 +6,8 @@
       model_name: ViT-B-32          # decides image size, normalisation and tokenizer
       vocabulary: builtin           # labels captions with data_filters' parser (null: no labels)
       require_label: true           # drop samples whose caption names no single pair (both twins alike)
-      targets: captions             # captions (CLIP) | labels (the supervised twin)
+      targets: captions             # captions (CLIP) | labels (the supervised twin) | views (self-supervised)
+      views: null                   # with targets=views: the view augmentation (aotrain/data/views.py)
       resampled: false              # true: shards drawn with replacement, samples_per_epoch per epoch
       max_bad_fraction: 0.001       # bad samples (skipped, counted, logged) tolerated before the run stops
 
@@ -23,6 +24,7 @@ import torch
 from aotrain import towers
 from aotrain.data.labels import CaptionLabeller, label_classes
 from aotrain.data.shard_stream import MISSING, EpochDataLoader, ShardStream, list_shards
+from aotrain.data.views import view_pair
 
 
 class ShardDataModule(L.LightningDataModule):
@@ -30,12 +32,17 @@ class ShardDataModule(L.LightningDataModule):
                  shuffle_buffer: int = 1000, seed: int = 0, vocabulary: str | None = None,
                  require_label: bool = False, targets: str = "captions", resampled: bool = False,
                  samples_per_epoch: int | None = None, max_bad_fraction: float = 0.001,
-                 error_log: str | None = None):
+                 error_log: str | None = None, views: dict | None = None):
         super().__init__()
         if (require_label or targets == "labels") and not vocabulary:
             raise ValueError("labels need a vocabulary: set data.vocabulary (builtin, world:PATH, a file)")
         if targets == "labels" and not require_label:
             raise ValueError("targets=labels trains on labelled samples only: set data.require_label=true")
+        if targets == "views" and not views:
+            raise ValueError("targets=views needs data.views (the view augmentation; recipes/supervision/self.yaml)")
+        self.views = dict(views or {})
+        if targets == "views":
+            view_pair(model_name, **self.views)  # a bad setting fails here, before training
         self.vocabulary = vocabulary
         self.require_label = require_label
         self.targets = targets
@@ -68,7 +75,8 @@ class ShardDataModule(L.LightningDataModule):
                            classes=label_classes(self.vocabulary) if targets == "labels" else None,
                            shard_sizes=self.sizes, resampled=self.resampled,
                            samples_per_epoch=self.samples_per_epoch, batch_size=self.batch_size,
-                           error_log=self.error_log if train else None)
+                           error_log=self.error_log if train else None,
+                           views=view_pair(self.model_name, **self.views) if targets == "views" else None)
 
     def probe_batches(self, samples: int, batch_size: int):
         """(images [B,3,H,W] with eval transforms, object index [B]) of up to `samples` labelled training

@@ -7,11 +7,12 @@ same data order. Each pass over the shards is one webdataset pipeline (`ShardStr
 shards -> split -> read -> shuffle -> the sample and label rules; the quota, the resume skip, the
 refill of a short stream and the per-sample seeds are the stages after it.
 
-The target is the tokenized caption (CLIP) or the caption's (attribute, object) label indices
-(a supervised twin; MISSING for the side a single-side caption does not name, "a photo of a star");
-both come from the same sample order. With a `labeller` (data_filters' CaptionParser.label), a
-sample whose caption names neither exactly one pair nor one side alone is dropped, in both modes
-alike, and counted. Samples that break data_filters' sample rule (no or undecodable image,
+The target is the tokenized caption (CLIP), the caption's (attribute, object) label indices
+(a supervised twin; MISSING for the side a single-side caption does not name, "a photo of a star")
+or a second augmented view of the image (the self-supervised arm, whose first view takes the
+image's place; aotrain/data/views.py); all come from the same sample order. With a `labeller`
+(data_filters' CaptionParser.label), a sample whose caption names neither exactly one pair nor one
+side alone is dropped, in every mode alike, and counted. Samples that break data_filters' sample rule (no or undecodable image,
 no or non-UTF-8 caption) and truncated shards are skipped and counted too: `skipped` holds, per
 SKIP_COLUMNS, how many were passed over just before this sample, and each is logged with its shard.
 
@@ -37,6 +38,7 @@ from data_filters.samples import KINDS, decode_image, image_key, read_caption, r
 # samples read a second time to fill a short stream's quota.
 MISSING = -1  # label index of the side a single-side caption does not name ("a photo of a star": no attribute)
 SKIP_COLUMNS = ("unlabelled", *KINDS, "truncated_shard", "refilled")
+TARGETS = ("captions", "labels", "views")  # CLIP, the supervised twin, the self-supervised arm
 
 
 def list_shards(pool: str | Path) -> tuple[list[str], dict[str, int]]:
@@ -67,7 +69,9 @@ def _sample_seed(seed: int, epoch: int, key: str) -> int:
 class ShardStream(IterableDataset):
     """Yields (image [3,H,W] float, target, skipped [len(SKIP_COLUMNS)] long) from shards; `epoch` is bumped by EpochDataLoader.
 
-    target: tokens [L] long (targets="captions") or [attribute index, object index] long (targets="labels").
+    target: tokens [L] long (targets="captions"), [attribute index, object index] long (targets="labels")
+    or the image's second view [3,H,W] float (targets="views": `views` makes both views, the first
+    replacing `image_transform`'s image; aotrain/data/views.py).
 
     Equal work on every rank (a rank that runs out first would leave the others waiting in a
     collective): each (rank, worker) yields the same number of samples per epoch, its quota:
@@ -85,11 +89,14 @@ class ShardStream(IterableDataset):
     def __init__(self, urls, image_transform, tokenize, seed: int = 0, shuffle_buffer: int = 1000,
                  shuffle_shards: bool = True, labeller=None, targets: str = "captions",
                  classes: dict | None = None, shard_sizes: dict | None = None, resampled: bool = False,
-                 samples_per_epoch: int | None = None, batch_size: int = 1, error_log: str | None = None):
-        if targets not in ("captions", "labels"):
-            raise ValueError(f"targets must be captions or labels, got {targets!r}")
+                 samples_per_epoch: int | None = None, batch_size: int = 1, error_log: str | None = None,
+                 views=None):
+        if targets not in TARGETS:
+            raise ValueError(f"targets must be one of {', '.join(TARGETS)}, got {targets!r}")
         if targets == "labels" and (labeller is None or classes is None):
             raise ValueError("label targets need a labeller and classes (set data.vocabulary)")
+        if targets == "views" and views is None:
+            raise ValueError("view targets need views (data.views: the view augmentation)")
         if resampled and not samples_per_epoch:
             raise ValueError("resampled shards need samples_per_epoch (data.samples_per_epoch)")
         self.urls = list(urls)
@@ -107,6 +114,7 @@ class ShardStream(IterableDataset):
         self.samples_per_epoch = samples_per_epoch
         self.batch_size = batch_size
         self.error_log = error_log  # a folder for per-stream logs of skipped samples (None: not written)
+        self.views = views  # image -> (view a, view b), for targets="views"
         self.epoch = 0
         self.skip_batches = 0
 
@@ -246,13 +254,16 @@ class ShardStream(IterableDataset):
                 attribute, obj = sample["label"]  # one may be None: a single-side caption (no pair)
                 target = torch.tensor([self.attribute_index.get(attribute, MISSING),
                                        self.object_index.get(obj, MISSING)])  # [2]
-            else:
+            elif self.targets == "captions":
                 target = self.tokenize([sample["caption"]])[0]  # [L]
             with torch.random.fork_rng(devices=[]):
                 # The CPU generator only (what fork_rng restores): torch.manual_seed would also reseed
                 # every accelerator's generator, costing ~60x more per sample and leaking past the fork.
                 torch.default_generator.manual_seed(_sample_seed(self.seed, self.epoch, sample["__key__"]))
-                pixels = self.image_transform(sample["image"])  # [3,H,W]
+                if self.targets == "views":
+                    pixels, target = self.views(sample["image"])  # [3,H,W] each
+                else:
+                    pixels = self.image_transform(sample["image"])  # [3,H,W]
             yield pixels, target, torch.tensor(sample["skipped"])  # skipped: [len(SKIP_COLUMNS)]
 
 

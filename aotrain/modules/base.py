@@ -1,5 +1,5 @@
-"""What the CLIP module and its supervised twin share: the optimizer and schedule, the data counters,
-and the hooks evaluation and parity checks call."""
+"""What the CLIP module, its supervised twin and the self-supervised arm share: the optimizer and
+schedule, the data counters, and the hooks evaluation and parity checks call."""
 from __future__ import annotations
 
 import random
@@ -19,6 +19,7 @@ class BaseModule(L.LightningModule):
     """Subclasses set `self.net` (the trained network) and `kind`, and implement `vision_tower()`."""
 
     kind = ""
+    classifies = True  # scores the benchmark's classes (prompts or heads); False: read by the linear probe only
 
     def count_skipped(self, skipped: torch.Tensor) -> None:
         """Add a batch's `skipped` counts ([B, len(SKIP_COLUMNS)], aotrain/data/shard_stream.py) and its

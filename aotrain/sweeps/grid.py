@@ -3,8 +3,8 @@
     grid: {nmi: [0.1, 0.75], size: [12800], seed: [0, 1], supervision: [language, labels]}
     -> nmi0.1-size12800-seed0-language, nmi0.1-size12800-seed0-labels, ... (8 cells)
 
-A labels cell names its CLIP twin (the cell with the same other knobs) so the launcher can start it
-after the twin and the fit can check parity against it.
+A labels or self cell names its CLIP twin (the cell with the same other knobs) so the launcher can
+start it after the twin and the fit can check parity against it.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from aotrain.config import UserError
 
-LANGUAGE, LABELS = "language", "labels"
+LANGUAGE, LABELS, SELF = "language", "labels", "self"
 
 
 @dataclass
@@ -22,7 +22,7 @@ class Cell:
     id: str
     knobs: dict               # axis -> value, e.g. {"nmi": 0.1, "size": 12800, "seed": 0, "supervision": "labels"}
     overrides: list[str]      # the fit overrides the knobs stand for (after the sweep's base)
-    twin: str | None = None   # the CLIP cell this supervised cell is compared with
+    twin: str | None = None   # the CLIP cell this supervised (or self-supervised) cell is compared with
 
 
 def _label(axis: str, value) -> str:
@@ -65,7 +65,7 @@ def expand(grid: dict, axes: dict, twins: bool = True) -> list[Cell]:
     by_id = {c.id: c for c in cells}
     if twins and "supervision" in swept:
         for cell in cells:
-            if cell.knobs["supervision"] == LABELS:
+            if cell.knobs["supervision"] in (LABELS, SELF):
                 twin = cell_id({**cell.knobs, "supervision": LANGUAGE})
                 cell.twin = twin if twin in by_id else None
     # Twins first: with N fits at a time, a supervised cell waits for its CLIP cell, never the reverse.

@@ -202,9 +202,10 @@ def plan_jobs(cfg, cells: list[Cell], facts: dict, state: SweepState, client) ->
 
 
 def _headline(run_dir: Path, metric: str) -> str:
-    """`unseen/pair_top1 0.245` from a finished fit (object top-1 for a supervised cell)."""
+    """`unseen/pair_top1 0.245` from a finished fit (object top-1 for a supervised cell, the probe's for a
+    self-supervised one)."""
     metrics = json.loads((run_dir / "summary.json").read_text())["metrics"]
-    for key in (metric.removeprefix("eval/"), "unseen/object_top1"):
+    for key in (metric.removeprefix("eval/"), "unseen/object_top1", "probe/unseen/object_top1"):
         if key in metrics:
             return f"{key} {metrics[key]:.3f}"
     return ""
