@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .labels_file import LabelUids, read_labels, reading
+from .plan import InfeasibleTarget
 from .transport import largest_remainder
 
 SCHEMA = pa.schema([("uid", pa.string()), ("attribute", pa.string()), ("object", pa.string()),
@@ -154,7 +155,15 @@ def with_singles(labels, size: int, share, seed: int, pool_pairs: int, choose) -
     single-side rows (add_singles)."""
     singles = load_singles(labels)
     pair_size, wanted = single_sizes(size, share, singles, pool_pairs)
-    return [add_singles(sub, singles, wanted, seed) for sub in choose(pair_size)]
+    try:
+        chosen = choose(pair_size)
+    except InfeasibleTarget as e:
+        if pair_size == size:
+            raise
+        # the planner speaks of the pair captions: say how they relate to the size asked for
+        raise InfeasibleTarget(f"{size:,} samples hold {size - pair_size:,} single-side captions, so the pairs "
+                               f"are the other {pair_size:,}: {e}", e.largest_size) from None
+    return [add_singles(sub, singles, wanted, seed) for sub in chosen]
 
 
 def parse_share(text: str) -> str | float:

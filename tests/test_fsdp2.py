@@ -64,7 +64,7 @@ def test_exported_checkpoint_evaluates_to_the_callbacks_metrics(full_run):
     # the linear probe ran at the end of the sharded fit too (fit only: it is fitted on the training shards)
     probe = json.loads((run_dir / "eval" / "probe.json").read_text())
     assert probe.keys() == {"probe/seen/object_top1", "probe/unseen/object_top1", "probe/n_train",
-                            "chance/probe_object_top1"}
+                            "chance/probe_object_top1", "probe/alt/seen/object_top1", "probe/alt/unseen/object_top1"}
     # The callback evaluated the sharded network on both ranks (each block's weights gathered in
     # its forward), each rank a slice of the images; eval, the consolidated file in one process.
     # Same weights, same batches: equal numbers (a single changed prediction would move one by 1/N)...

@@ -148,8 +148,8 @@ def test_submitit_launcher_runs_a_supervised_twin_after_its_clip_cell(tmp_path):
     (["grid.nmi=[]"], "grid.nmi is empty"),
     (["grid.nmi=[0.1,0.1]"], "repeats a value"),
     (["grid.nmi=[0.999]"], "cell nmi0.999-size300-seed0-language: subset:"),
-    (["grid.diversity=[30]"], "cell nmi0.1-size300-diversity30-seed0-language: subset: at size 300 with 30 pairs, "
-                              "NMI 0.1 is outside"),
+    (["grid.diversity=[30]"], "cell nmi0.1-size300-diversity30-seed0-language: subset: 300 samples hold "),
+    (["grid.diversity=[30]"], " with 30 pairs, NMI 0.1 is outside"),
     (["grid.diversity=[30]"], "; the band at every pair count: aotrain filter band "),
     (["launcher.kind=submitit", "launcher.submitit.params={partitionn: gpu}"], "partitionn not a key"),
     (["launcher.kind=cloud"], "choose local or submitit"),
