@@ -97,6 +97,8 @@ RULES: dict[str, dict[str, Rule]] = {
         "data.require_label": BOOL,
         "data.targets": choice("captions", "labels", "views"),
         "data.views.flip": number(0, 1),
+        "data.views.colour_jitter": number(0, 2.5),
+        "data.views.greyscale": number(0, 1),
         "module.temperature": number(0, open_low=True),
         "data.max_bad_fraction": number(0, 1),
         "optim.lr": number(0, open_low=True),

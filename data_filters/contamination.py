@@ -100,7 +100,8 @@ def training_pairs(source, vocab: Vocabulary, window: int = 2) -> Counter:
         if "attribute" in columns and "object" in columns:
             t = pq.read_table(path, columns=["attribute", "object"])
             pairs.update(canonical(a, o) for a, o in zip(t.column("attribute").to_pylist(),
-                                                          t.column("object").to_pylist()))
+                                                          t.column("object").to_pylist())
+                         if a is not None and o is not None)  # a single-side row (subset.parquet) is no pair
             return pairs
     counts = count_captions(iter_captions([path]), CaptionParser(vocab, window))
     if counts.n_captions == 0:

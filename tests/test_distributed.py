@@ -114,11 +114,11 @@ def test_two_process_ddp_fit_through_the_cli(tmp_path):
         "global_batch"] == 32
     assert "eval/unseen/pair_top1" in run.data.metrics
 
-    # Each rank encoded its slice: rank 0 the unseen split's 2 batches and the seen split's first, rank 1
-    # the seen split's other 3 (at each evaluation: steps 2 and 4).
+    # Each rank encoded its slice of the 260 images (140 by the first renderer, 120 by the second), whole
+    # batches in rank order (at each evaluation: steps 2 and 4).
     for step in (2, 4):
-        assert f"eval: step {step}, rank 0 of 2 encoded 72 of 140 images" in proc.stderr, proc.stderr[-3000:]
-        assert f"eval: step {step}, rank 1 of 2 encoded 68 of 140 images" in proc.stderr
+        assert f"eval: step {step}, rank 0 of 2 encoded 136 of 260 images" in proc.stderr, proc.stderr[-3000:]
+        assert f"eval: step {step}, rank 1 of 2 encoded 124 of 260 images" in proc.stderr
     # The gathered metrics are one process's: `aotrain eval` of the same weights, the same batches (the
     # run's eval.batch_size). Equal to the last bit, the CZSL curve's bias midpoints included.
     last = runs[0] / "checkpoints" / "last.ckpt"

@@ -129,7 +129,8 @@ def test_a_self_fit_passes_parity_and_is_evaluated_by_the_probe(self_root):
     assert 0 <= probe["probe/unseen/object_top1"] <= 1 and probe["probe/n_train"] > 0
     assert not (self_run / "eval" / "metrics.json").exists()  # no zero-shot or head metrics to write
     summary = json.loads((self_run / "summary.json").read_text())
-    assert set(summary["metrics"]) == {"probe/unseen/object_top1", "probe/seen/object_top1"}
+    assert set(summary["metrics"]) == {"probe/unseen/object_top1", "probe/seen/object_top1",
+                                       "probe/alt/unseen/object_top1", "probe/alt/seen/object_top1"}
 
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
     run = client.get_run(json.loads((self_run / "mlflow.json").read_text())["run_id"]).data

@@ -9,11 +9,15 @@ horizontal flip), so the base transform is literally the other arms' and the aug
 self arm's own parity item (aotrain/parity.py). The draws come from torch's default generator, which
 the stream seeds per sample (aotrain/data/shard_stream.py): same seed, same views.
 
-What the augmentation leaves out, and why: colour jitter and greyscale (SimCLR's strongest pair with
-cropping) would make the views disagree on colour, an attribute the evaluation asks about; blur
-would erase the toy world's dotted, striped and checkered patterns, attributes too, at 32 px. A crop
-down to 40% of the area keeps most of a toy shape (it spans 50-80% of the image); a flip keeps every
-shape what it is (an arrow pointing left is still an arrow).
+Colour distortion (SimCLR's: jitter of strength `colour_jitter` with probability 0.8, greyscale
+with probability `greyscale`) is on by default although colour is a toy attribute: without it two
+views of an image agree on their colour histogram and background tint, and NT-Xent learns little
+else. Measured on the default toy world at 300 steps without it: linear-probe object top-1 0.02 on
+unseen pairs and 0.16 on seen ones (chance 0.10), the colour shortcut SimCLR's paper reports. The
+self arm is read by its object probe only, so colour invariance costs it nothing there. Blur is
+left out: at 32 px it would erase the dotted, striped and checkered patterns. A crop down to 40% of
+the area keeps most of a toy shape (it spans 50-80% of the image); a flip keeps every shape what it
+is (an arrow pointing left is still an arrow).
 """
 from __future__ import annotations
 
@@ -39,19 +43,33 @@ class ViewPair:
 
 
 def view_augmentation(model_name: str, crop_scale: Sequence[float] = (0.4, 1.0),
-                      crop_ratio: Sequence[float] = (0.75, 4 / 3), flip: float = 0.5):
+                      crop_ratio: Sequence[float] = (0.75, 4 / 3), flip: float = 0.5,
+                      colour_jitter: float = 0.0, greyscale: float = 0.0):
     """The PIL -> PIL augmentation each view draws: a random resized crop to the model's image size
-    (area share `crop_scale`, aspect `crop_ratio`) and a horizontal flip with probability `flip`."""
+    (area share `crop_scale`, aspect `crop_ratio`), a horizontal flip with probability `flip`, then
+    SimCLR's colour distortion: with probability 0.8 brightness, contrast and saturation jitter of
+    0.8 x `colour_jitter` and hue jitter of 0.2 x `colour_jitter` (0: none), and greyscale with
+    probability `greyscale`."""
     size = towers.model_config(model_name)["vision_cfg"]["image_size"]
     if not (0 < crop_scale[0] <= crop_scale[1] <= 1):
         raise ValueError(f"views.crop_scale must be 0 < low <= high <= 1, got {list(crop_scale)}")
     if not 0 <= flip <= 1:
         raise ValueError(f"views.flip is a probability in [0, 1], got {flip}")
-    return transforms.Compose([
+    if not 0 <= colour_jitter <= 2.5:  # hue jitter 0.2 x strength must stay within torchvision's 0.5
+        raise ValueError(f"views.colour_jitter is a strength in [0, 2.5] (SimCLR uses 0.5-1), got {colour_jitter}")
+    if not 0 <= greyscale <= 1:
+        raise ValueError(f"views.greyscale is a probability in [0, 1], got {greyscale}")
+    steps = [
         transforms.RandomResizedCrop(size, scale=tuple(crop_scale), ratio=tuple(crop_ratio),
                                      interpolation=transforms.InterpolationMode.BICUBIC),
         transforms.RandomHorizontalFlip(flip),
-    ])
+    ]
+    if colour_jitter:
+        s = colour_jitter
+        steps.append(transforms.RandomApply([transforms.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=0.8))
+    if greyscale:
+        steps.append(transforms.RandomGrayscale(greyscale))
+    return transforms.Compose(steps)
 
 
 def view_pair(model_name: str, **views) -> ViewPair:
