@@ -331,6 +331,8 @@ def _renderers_md(effects: pd.DataFrame, gaps: pd.DataFrame, primary: str) -> li
             if SUPERVISION_AXIS in rows.columns and rows[SUPERVISION_AXIS].notna().any():  # CLIP first, then the twin
                 arms = sorted(rows.groupby(SUPERVISION_AXIS), key=lambda arm: (ARM_RANK.get(arm[0], 2), str(arm[0])))
             for arm, sub in arms:
+                if not len(sub):  # NMI not swept (one level), or no runs of this metric
+                    continue
                 parts.append(f"NMI slope of {metric_label(metric)}{f' ({arm})' if arm else ''}: "
                              + _tally(sub["slope"], sub["ci_low"], sub["ci_high"]))
         rows = gaps[gaps["metric"] == key(UNSEEN_OBJECT)]

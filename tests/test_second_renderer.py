@@ -200,3 +200,13 @@ def test_the_report_shows_the_effects_on_each_renderer(tmp_path):
     # acc_vs_nmi.png: the second renderer's metrics are rows of panels of their own
     both_h, one_h = (Image.open(p["acc_vs_nmi.png"]).size[1] for p in (paths, single))
     assert both_h == pytest.approx(2 * one_h, rel=0.02)
+
+
+def test_a_report_with_one_nmi_level_still_shows_both_renderers(tmp_path):
+    """A sweep at one NMI (toy_diversity_at_fixed_nmi) has no NMI slope to tally on either renderer:
+    the section says what it can (the supervision gap) instead of failing."""
+    grid = make_grid()
+    runs = _with_second_renderer(grid[grid["nmi"] == grid["nmi"].min()])
+    paths = write_report(runs, tmp_path / "one_nmi", AXES, "one NMI level")
+    section = paths["report.md"].read_text().split("## Both renderers")[1].split("\n## ")[0]
+    assert "NMI slope of" not in section and section.count("supervision gap on unseen-object top-1") == 2
