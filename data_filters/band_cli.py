@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from data_filters.command import run_command
-from data_filters.nmi import NORMALISERS
+from data_filters.select_cli import add_pool_options
 
 BAND_EPILOG = """\
 LABELS.parquet is what `aotrain filter label` writes (a fit on the toy world caches it as
@@ -39,16 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", type=int, nargs="+", metavar="K", help="list these K (default: every --step-th K "
                                                                        "from the smallest K_min to the largest K_max)")
     p.add_argument("--step", type=int, default=5, help="spacing of the listed K without --pairs (default 5)")
-    p.add_argument("--allow-repeats", action="store_true", help="as select --allow-repeats (upsampling)")
-    p.add_argument("--normaliser", default="arithmetic", choices=NORMALISERS,
-                   help="NMI normaliser (default arithmetic)")
-    p.add_argument("--tol", type=float, default=0.005, help="allowed |NMI - target|, as select --tol (default 0.005)")
-    p.add_argument("--single-share", default="pool", metavar="SHARE",
-                   help="as select --single-share: the pairs fill the rest of --size, and the bands are theirs "
-                        "(default pool: the pool's own share of single-side captions)")
-    p.add_argument("--dedupe", action=argparse.BooleanOptionalAction, default=None,
-                   help="one sample per image before selecting, as select --dedupe (default: on when the labels "
-                        "carry image hashes)")
+    add_pool_options(p)  # as select reads and plans the pool
     return p
 
 

@@ -47,17 +47,22 @@ def _select_parser() -> argparse.ArgumentParser:
                    help="seed for which pairs are kept (--pairs) and which uids fill each pair (default 0)")
     p.add_argument("--free-marginals", action="store_true",
                    help="let attribute/object frequencies change with the target (wider NMI range)")
+    add_pool_options(p)
+    return p
+
+
+def add_pool_options(p: argparse.ArgumentParser) -> None:
+    """How the labelled pool is read and a subset planned: the options `select` and `band` share."""
     p.add_argument("--allow-repeats", action="store_true", help="upsample: a uid may appear several times")
     p.add_argument("--normaliser", default="arithmetic", choices=NORMALISERS, help="NMI normaliser (default arithmetic)")
     p.add_argument("--tol", type=float, default=0.005, help="allowed |NMI - target| (default 0.005)")
     p.add_argument("--single-share", default="pool", metavar="SHARE",
                    help="share of each subset taken by single-side captions (one object or one attribute named, "
                         "no pair; data_filters/singles.py): 'pool' (default: the pool's own share) or a number in "
-                        "[0, 1); the pairs fill the rest, so NMI and marginals are those of the pairs")
+                        "[0, 1); the pairs fill the rest, so NMI, marginals and bands are those of the pairs")
     p.add_argument("--dedupe", action=argparse.BooleanOptionalAction, default=None,
                    help="one sample per image (by image hash) before selecting; default: on when the labels "
                         "carry image hashes (labels of img2dataset/DataComp pools and shards do)")
-    return p
 
 
 def _tv(p: dict, q: dict) -> float:

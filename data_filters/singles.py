@@ -24,7 +24,6 @@ Duplicate images are not dropped among single-side rows (dedupe covers the pairs
 """
 from __future__ import annotations
 
-import hashlib
 import numbers
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,6 +34,7 @@ import pyarrow.parquet as pq
 
 from .labels_file import LabelUids, read_labels, reading
 from .plan import InfeasibleTarget
+from .subset_files import uid_facts
 from .transport import largest_remainder
 
 SCHEMA = pa.schema([("uid", pa.string()), ("attribute", pa.string()), ("object", pa.string()),
@@ -143,9 +143,7 @@ def add_singles(sub, singles: Singles | None, wanted: dict, seed: int):
     if pair_uids.dtype.kind != uids.dtype.kind:  # integer uids on one side: compare them as text
         pair_uids, uids = pair_uids.astype(str), uids.astype(str)
     every = np.sort(np.concatenate([pair_uids, uids]))
-    manifest.update(size=int(len(every)), unique_uids=int(len(np.unique(every))),
-                    uid_checksum=hashlib.sha256(np.ascontiguousarray(every).tobytes()).hexdigest(),
-                    uid_dtype=str(every.dtype))
+    manifest.update(uid_facts(every))
     return replace(sub, manifest=manifest, singles=table, all_uids=every)
 
 

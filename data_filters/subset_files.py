@@ -99,8 +99,7 @@ def build_subset(uids, attr_idx, obj_idx, attributes, objects, table, seed: int,
     sub_uids = uids.take(rows)  # a LabelUids reads only these rows' uids from the labels file
     stats = joint_stats(table, normaliser)
     manifest = {
-        "size": int(len(rows)),
-        "unique_uids": int(len(np.unique(sub_uids))),
+        **uid_facts(sub_uids),
         "nmi": stats["nmi"],
         "normaliser": normaliser,
         "mi": stats["mi"],
@@ -114,13 +113,18 @@ def build_subset(uids, attr_idx, obj_idx, attributes, objects, table, seed: int,
                         "counts": table.tolist()},
         "seed": int(seed),
         "pool_size": int(len(uids)),
-        "uid_checksum": hashlib.sha256(np.ascontiguousarray(sub_uids).tobytes()).hexdigest(),
-        "uid_dtype": str(sub_uids.dtype),
         "source": None,
         "diversity": _diversity(table, counts, rows, caption_keys),
         **planned,
     }
     return Subset(sub_uids, attr_idx[rows], obj_idx[rows], list(attributes), list(objects), table, stats, manifest)
+
+
+def uid_facts(uids: np.ndarray) -> dict:
+    """The manifest's facts about a subset's (sorted) uids: size, unique_uids, uid_checksum, uid_dtype."""
+    return {"size": int(len(uids)), "unique_uids": int(len(np.unique(uids))),
+            "uid_checksum": hashlib.sha256(np.ascontiguousarray(uids).tobytes()).hexdigest(),
+            "uid_dtype": str(uids.dtype)}
 
 
 def _write_files(sub: Subset, folder: Path, source: str) -> None:
