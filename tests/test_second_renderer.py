@@ -64,10 +64,10 @@ def test_second_style_images_share_no_image_or_background_with_the_first(alt_wor
         trained_style = {img.tobytes() for imgs in first.values() for img in imgs}
         for pair, imgs in second.items():
             assert not any(img.tobytes() in trained_style for img in imgs), pair
-            for img in imgs:  # light paper instead of a dark background: the image border's median brightness
-                assert np.median(np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]]).mean(1)) > 150, pair
-            for img in first[pair]:
-                assert np.median(np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]]).mean(1)) < 80, pair
+            # both keep dark paper (the image border's median brightness): on light paper every model
+            # trained on the pool sat at chance even on colours, so the benchmark measured nothing
+            for img in imgs + first[pair]:
+                assert np.median(np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]]).mean(1)) < 100, pair
 
 
 @pytest.mark.parametrize("shape", [s for s in SHAPES if s != "circle"])  # a circle is a circle at any scale

@@ -8,12 +8,17 @@
 Nothing is shared with shapes.render, whose images train the models: shapes are vector outlines
 (polygons with other proportions: a rounded square, a fatter star, a pointy-top hexagon, a crescent
 opening the other way ...) placed in pixel space and filled by a crossing-number test at 4x
-supersampling, instead of implicit functions on a rotated 2x grid. Backgrounds are light (gradients,
-blotches, grain) instead of dark; colours are shaded and outlined in a darker tone of their own hue;
-patterns are dark ink on a grey fill (thinner stripes, staggered dots, a checkerboard turned 45
-degrees, a thinner hollow outline) instead of light on dim; shapes are smaller and placed anywhere in
-the image, rotated up to 30 degrees. A "red star" stays red and a star; a "striped heart" stays
+supersampling, instead of implicit functions on a rotated 2x grid. Backgrounds are textured (a
+gradient, soft blotches and grain) instead of a flat tint; colours are shaded and outlined in a
+darker tone of their own hue; patterns have other geometry (thinner stripes, staggered dots, a
+checkerboard turned 45 degrees, a thinner hollow outline); shapes are smaller and placed anywhere
+in the image, rotated up to 30 degrees. A "red star" stays red and a star; a "striped heart" stays
 striped (achromatic, so never read as a colour) and a heart.
+
+Brightness keeps the training polarity (dark paper, light ink on a dim fill) on purpose: light
+paper with dark ink, the first version of this style, put every model trained on the pool at or
+below chance even on colours (attribute top-1 0.05, against 0.67 on the same images with the paper darkened), so
+that benchmark measured nothing but a change no training image hinted at.
 """
 from __future__ import annotations
 
@@ -161,8 +166,8 @@ INKS = {"striped": _stripes, "dotted": _dots, "checkered": _checks}
 
 # ---------------------------------------------------------------- the image
 def _background(size: int, rng: np.random.Generator) -> np.ndarray:
-    """[size, size, 3] float32: a light, slightly tinted paper with a gradient, soft blotches and grain."""
-    base = rng.uniform(175, 230) + rng.normal(0, 7, 3)
+    """[size, size, 3] float32: a dark, slightly tinted paper with a gradient, soft blotches and grain."""
+    base = rng.uniform(25, 80) + rng.normal(0, 7, 3)
     c = (np.arange(size) + 0.5) / size - 0.5
     gx, gy = rng.uniform(-1, 1, 2) * rng.uniform(0, 40)
     img = base + (c[None, :] * gx + c[:, None] * gy)[..., None]
@@ -210,14 +215,14 @@ def render_alt(obj: str, attr: str, kind: str, size: int, rng: np.random.Generat
         rim = inside & (edge <= rng.uniform(0.8, 1.2) * k)
         img = _paint(img, _coverage(rim, size), colour * rng.uniform(0.45, 0.6))  # a darker tone of the same hue
     else:
-        ink = rng.uniform(25, 60) + rng.normal(0, 3, 3)
+        ink = rng.uniform(195, 230) + rng.normal(0, 3, 3)  # light ink on a dim fill, as in training
         if attr == "hollow":
             img = _paint(img, _coverage(inside & (edge <= rng.uniform(0.9, 1.2) * k), size), ink)
         else:
             x = (X - cx) * cos + (Y - cy) * sin  # shape frame, in pixels
             y = -(X - cx) * sin + (Y - cy) * cos
             on = INKS[attr](x, y, k, rng)
-            paper = rng.uniform(135, 165) + rng.normal(0, 3, 3)
+            paper = rng.uniform(75, 105) + rng.normal(0, 3, 3)
             img = _paint(img, _coverage(inside & ~on, size), paper)
             img = _paint(img, _coverage(inside & on, size), ink)
             img = _paint(img, _coverage(inside & (edge <= 0.8 * k), size), ink)

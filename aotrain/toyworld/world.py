@@ -153,9 +153,15 @@ def normalise_config(cfg: Mapping) -> dict:
     return out
 
 
+# Bump when a renderer draws other pixels for the same config: worlds are cached by config_hash, and an
+# old world on disk must not pass for the new drawing. 2: the second renderer's dark paper and light ink.
+DRAWING_VERSION = 2
+
+
 def config_hash(cfg: Mapping) -> str:
-    """12 hex chars of sha256 over the canonical (normalised, sorted-key) JSON of the config."""
-    text = json.dumps(normalise_config(cfg), sort_keys=True, separators=(",", ":"))
+    """12 hex chars of sha256 over the canonical (normalised, sorted-key) JSON of the config and DRAWING_VERSION."""
+    keyed = {"config": normalise_config(cfg), "drawing": DRAWING_VERSION}
+    text = json.dumps(keyed, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
