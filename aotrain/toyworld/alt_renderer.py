@@ -17,8 +17,8 @@ striped (achromatic, so never read as a colour) and a heart.
 
 Brightness keeps the training polarity (dark paper, light ink on a dim fill) on purpose: light
 paper with dark ink, the first version of this style, put every model trained on the pool at or
-below chance even on colours (attribute top-1 0.05, against 0.67 on the same images with the paper darkened), so
-that benchmark measured nothing but a change no training image hinted at.
+below chance even on colours (attribute top-1 0.05, against 0.67 on the same images with the paper
+darkened), so that benchmark measured nothing but a change no training image hinted at.
 """
 from __future__ import annotations
 
