@@ -20,11 +20,14 @@ the damage; `on_truncated(shard, error)` is told once, and the shard counts in `
 from __future__ import annotations
 
 import io
+import mmap
 import tarfile
 import zlib
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
+
+from data_filters.plain_tar import plain_members
 
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
 KINDS = ("no_image", "bad_image", "no_caption", "bad_caption")
@@ -85,38 +88,92 @@ def read_shard(path, on_truncated=None, images: bool = True):
     images=False leaves image members unread (they appear as b"" so `sample_problem(check_image=False)`
     still sees them). A shard that cannot be read to the end stops there: `on_truncated(path, error)`
     is called and the samples read so far are kept; one that cannot be opened at all raises ValueError.
+    A plain, intact shard (data_filters/plain_tar.py) is read without tarfile, with the same result.
     """
+    key, members = None, {}
+    try:
+        for name, content in _plain_files(path, images) or _tarfile_files(path, images):
+            k, ext = _key_and_extension(name)
+            if ext is None:
+                continue
+            if k != key and members:
+                yield key, members
+                members = {}
+            key = k
+            members[ext] = content
+    except _Truncated as e:
+        if members and e.member is not None and _key_and_extension(e.member)[0] != key:
+            yield key, members  # the damage is in the next sample: this one was whole
+        if on_truncated is not None:
+            on_truncated(str(path), str(e))
+        return  # the last, possibly partial, sample is dropped with the damaged tail
+    if members:
+        yield key, members
+
+
+def _key_and_extension(name: str) -> tuple[str, str | None]:
+    """(sample key, extension) of a member name; extension None for a name without a dot (no sample's)."""
+    folder, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), (ext if dot else None)
+
+
+class _Truncated(Exception):
+    """The shard cannot be read past here (the message says why), within `member` when it is known."""
+
+    def __init__(self, why: str, member: str | None = None):
+        super().__init__(why)
+        self.member = member
+
+
+def _unread(name: str, images: bool) -> bool:
+    """An image member that images=False leaves unread."""
+    return not images and _key_and_extension(name)[1] in IMAGE_KEYS
+
+
+def _plain_files(path, images: bool):
+    """(name, bytes) of each file of a plain shard, from a memory map; None for any other shard."""
+    try:
+        with open(path, "rb") as f:
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):  # unreadable, or empty (no map of 0 bytes): tarfile says why
+        return None
+    found = plain_members(data)
+    if found is None:
+        data.close()
+        return None
+
+    def files():
+        with data:
+            for name, offset, size in found:
+                yield name, b"" if _unread(name, images) else data[offset:offset + size]
+    return files()
+
+
+def _tarfile_files(path, images: bool):
+    """(name, bytes) of each regular file, through tarfile (any compression, any header); raises
+    _Truncated where the archive cannot be read further, ValueError when it cannot be opened."""
     try:
         tar = tarfile.open(path, "r|*")
     except (tarfile.ReadError, EOFError, zlib.error, OSError) as e:
         raise ValueError(f"{path}: not a readable tar shard: {e}") from None
-    key, members = None, {}
     try:
         with tar:
             for info in tar:
                 if not info.isfile():
                     continue
-                folder, _, base = info.name.rpartition("/")
-                stem, dot, ext = base.partition(".")
-                if not dot:
+                if _unread(info.name, images):
+                    yield info.name, b""
                     continue
-                k = f"{folder}/{stem}" if folder else stem
-                if k != key and members:
-                    yield key, members
-                    members = {}
-                key = k
-                if not images and ext in IMAGE_KEYS:
-                    members[ext] = b""
-                    continue
-                members[ext] = tar.extractfile(info).read()
-                if len(members[ext]) != info.size:  # the file ends inside this member
-                    raise tarfile.ReadError(f"member {info.name} cut short")
+                try:
+                    content = tar.extractfile(info).read()
+                except (tarfile.ReadError, EOFError, zlib.error, OSError) as e:
+                    raise _Truncated(str(e) or type(e).__name__, info.name) from None
+                if len(content) != info.size:  # the file ends inside this member
+                    raise _Truncated(f"member {info.name} cut short", info.name)
+                yield info.name, content
     except (tarfile.ReadError, EOFError, zlib.error, OSError) as e:
-        if on_truncated is not None:
-            on_truncated(str(path), str(e) or type(e).__name__)
-        return  # the last, possibly partial, sample is dropped with the damaged tail
-    if members:
-        yield key, members
+        raise _Truncated(str(e) or type(e).__name__) from None
 
 
 def check_shard_file(path: Path) -> str | None:

@@ -21,6 +21,7 @@ SKIP_COLUMNS, how many were passed over just before this sample, and each is log
 """
 from __future__ import annotations
 
+import functools
 import json
 import random
 import zlib
@@ -249,13 +250,16 @@ class ShardStream(IterableDataset):
             attempt += 1  # read the shards again
 
     def __iter__(self):
+        # Captions repeat (a toy world has a few hundred); BPE costs ~0.1 ms each. Ample for those, and
+        # small where every caption is new (web data).
+        tokenize = functools.lru_cache(maxsize=4096)(lambda caption: self.tokenize([caption])[0])
         for sample in self.labelled_samples():
             if self.targets == "labels":
                 attribute, obj = sample["label"]  # one may be None: a single-side caption (no pair)
                 target = torch.tensor([self.attribute_index.get(attribute, MISSING),
                                        self.object_index.get(obj, MISSING)])  # [2]
             elif self.targets == "captions":
-                target = self.tokenize([sample["caption"]])[0]  # [L]
+                target = tokenize(sample["caption"])  # [L]
             with torch.random.fork_rng(devices=[]):
                 # The CPU generator only (what fork_rng restores): torch.manual_seed would also reseed
                 # every accelerator's generator, costing ~60x more per sample and leaking past the fork.

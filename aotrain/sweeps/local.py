@@ -2,10 +2,20 @@
 
 The sweep process itself never builds a Trainer: a fit that crashes, or a DDP fit that re-launches
 its own command line, cannot take the sweep down with it.
+
+A fit of one process (`Job.forkable`) is forked from a forkserver that imported what every fit
+imports (torch, Lightning, open_clip, MLflow: ~8 s of one core) once for the whole sweep, instead of
+being started as a new interpreter; a fit that starts processes of its own (DDP re-launches its
+command line) is started as a command. Either way it is a child process with its own log and exit
+code, and the numbers are the same.
 """
 from __future__ import annotations
 
+import atexit
+import multiprocessing
+import multiprocessing.forkserver
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -14,7 +24,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data_filters.workers import exit_with_parent
+from data_filters.workers import die_with_parent, exit_with_parent
+
+# What `aotrain fit` imports, the forkserver imports once (a missing name is skipped, not an error).
+PRELOAD = ["aotrain.cli", "aotrain.config", "aotrain.train", "aotrain.tracking_logger",
+           "mlflow.store.tracking.sqlalchemy_store", "mlflow.artifacts", "matplotlib.backends.backend_agg"]
 
 
 @dataclass
@@ -24,10 +38,80 @@ class Job:
     log: Path                # stdout and stderr of the fit
     after: str | None = None  # a cell that must have succeeded first (a supervised cell's CLIP twin)
     run_dir: Path | None = None  # the fit's run folder (summary.json there: it finished)
+    forkable: bool = False   # a one-process `aotrain fit` (fit_argv): forked from the preloaded forkserver
+
+
+CLI = [sys.executable, "-m", "aotrain.cli"]
 
 
 def fit_argv(overrides: list[str]) -> list[str]:
-    return [sys.executable, "-m", "aotrain.cli", "fit", *overrides]
+    return [*CLI, "fit", *overrides]
+
+
+def start_forkserver() -> None:
+    """Start the forkserver now (its imports then overlap the sweep's own preparation)."""
+    multiprocessing.forkserver.set_forkserver_preload(PRELOAD)
+    multiprocessing.forkserver.ensure_running()
+
+
+def _forked_fit(args: list[str], log: str, env: dict, threads: int) -> None:
+    """Runs in a forkserver child: `aotrain <args>` with this environment, its output into `log`."""
+    die_with_parent(os.getppid(), signal.SIGTERM)  # the forkserver exits when the sweep does
+    os.environ.clear()
+    os.environ.update(env)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    # Line-buffered, as PYTHONUNBUFFERED makes a command's output: a log shows where a fit is.
+    sys.stdout = open(1, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
+    sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
+    sys.argv = [sys.argv[0], *args]
+    import torch
+
+    torch.set_num_threads(threads)  # the forkserver's torch was loaded before this child's OMP_NUM_THREADS
+    from aotrain.cli import main
+
+    try:
+        code = main(args)
+    finally:
+        atexit._run_exitfuncs()  # a multiprocessing child skips them; MLflow and Lightning register some
+        sys.stdout.flush()
+        sys.stderr.flush()
+    sys.exit(code)
+
+
+class ForkedFit:
+    """A forkserver child running one fit, with the part of subprocess.Popen's interface run_local uses."""
+
+    def __init__(self, job: Job, env: dict, threads: int):
+        if job.argv[:len(CLI)] != CLI:
+            raise ValueError(f"not an aotrain command: {job.argv[:3]}")
+        context = multiprocessing.get_context("forkserver")
+        self._process = context.Process(target=_forked_fit, name=job.cell,
+                                        args=(job.argv[len(CLI):], str(job.log), env, threads))
+        self._process.start()
+        self.pid = self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.exitcode
+
+    def poll(self) -> int | None:
+        return self._process.exitcode
+
+    def send_signal(self, sig: int) -> None:
+        if self._process.exitcode is None:
+            os.kill(self.pid, sig)
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._process.join(timeout)
+        if self._process.exitcode is None:
+            raise subprocess.TimeoutExpired(f"fit {self._process.name}", timeout)
+        return self._process.exitcode
+
+    def kill(self) -> None:
+        self._process.kill()
 
 
 def child_env(threads: int | None) -> dict:
@@ -51,7 +135,8 @@ def run_local(jobs: list[Job], parallel: int = 1, threads: int | None = None, on
     called as each job ends. Ctrl-C (or SIGTERM) stops the running fits and re-raises.
     """
     parallel = max(1, int(parallel))
-    env = child_env(threads or default_threads(parallel))
+    threads = threads or default_threads(parallel)
+    env = child_env(threads)
     waiting, running, codes = list(jobs), {}, {}
     bar = tqdm(total=len(jobs), desc="sweep", unit="fit", dynamic_ncols=True)
     try:
@@ -69,11 +154,7 @@ def run_local(jobs: list[Job], parallel: int = 1, threads: int | None = None, on
                         on_finish(job, -1, 0.0)
                     continue
                 job.log.parent.mkdir(parents=True, exist_ok=True)
-                with open(job.log, "w") as log:
-                    # exit_with_parent: a fit outliving a killed sweep would race the re-run of its cell.
-                    process = subprocess.Popen(job.argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                               preexec_fn=exit_with_parent())
-                running[job.cell] = (job, process, time.time())
+                running[job.cell] = (job, start(job, env, threads), time.time())
             if ", ".join(running) != bar.postfix:
                 bar.set_postfix_str(", ".join(running))
             time.sleep(0.2)
@@ -91,6 +172,16 @@ def run_local(jobs: list[Job], parallel: int = 1, threads: int | None = None, on
     finally:
         bar.close()
     return codes
+
+
+def start(job: Job, env: dict, threads: int):
+    """The job's child process: forked from the preloaded forkserver, or started as its command."""
+    if job.forkable:
+        return ForkedFit(job, env, threads)
+    with open(job.log, "w") as log:
+        # exit_with_parent: a fit outliving a killed sweep would race the re-run of its cell.
+        return subprocess.Popen(job.argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                preexec_fn=exit_with_parent())
 
 
 def _stop(processes, grace_s: float = 20.0) -> None:

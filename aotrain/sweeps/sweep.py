@@ -32,10 +32,13 @@ from omegaconf import OmegaConf
 
 from aotrain.config import UserError, compose, to_dict
 from aotrain.sweeps.grid import Cell, expand
-from aotrain.sweeps.local import Job, fit_argv, run_local
+from aotrain.sweeps.local import Job, fit_argv, run_local, start_forkserver
 from data_filters.files import atomic_path
 
 STATE = "sweep.json"
+# Fits start in this order of supervision, after the CLIP cells that others wait for: the slowest arm first
+# (two views of each image), so the fits left for the end are short and no worker idles long beside the last.
+START_ORDER = {"self": 0, "language": 1, "labels": 2}
 
 
 def _say(message: str) -> None:
@@ -71,6 +74,11 @@ def epoch_steps(fit_cfg, epochs: float) -> int:
     return max(1, round(float(epochs) * int(size) / (int(fit_cfg.data.batch_size) * ranks)))
 
 
+def one_process(fit_cfg) -> bool:
+    """The fit trains in this one process (one device, one node): it starts no processes of its own."""
+    return str(fit_cfg.trainer.get("devices", 1)) == "1" and int(fit_cfg.trainer.get("num_nodes", 1) or 1) == 1
+
+
 def budget_design(cfg) -> str:
     """The scale design in words, for the report and the parent run."""
     if cfg.budget.epochs is None:
@@ -98,6 +106,7 @@ def prepare_cells(cfg, cells: list[Cell]) -> dict[str, dict]:
         facts[cell.id] = {
             "run_dir": fit_cfg.paths.run_dir,
             "logger": to_dict(fit_cfg.logger),
+            "one_process": one_process(fit_cfg),
         }
     return facts
 
@@ -196,8 +205,10 @@ def plan_jobs(cfg, cells: list[Cell], facts: dict, state: SweepState, client) ->
             overrides.append(f"parity.twin={facts[cell.twin]['run_dir']}")
         after = cell.twin if cell.twin in runnable else None
         jobs.append(Job(cell.id, fit_argv(overrides), Path(cfg.paths.sweep_dir) / "logs" / f"{cell.id}.log",
-                        after, run_dir))
+                        after, run_dir, forkable=fact["one_process"]))
         runnable.add(cell.id)
+    arm = {cell.id: cell.knobs.get("supervision") for cell in cells}
+    jobs.sort(key=lambda job: (job.after is not None, START_ORDER.get(arm[job.cell], 1)))  # stable: grid order within
     return jobs, done
 
 
@@ -220,6 +231,8 @@ def run_sweep(cfg) -> dict:
     check_store(compose(cell_overrides(cfg, cells[0])).logger.tracking_uri)
     sweep_dir = Path(cfg.paths.sweep_dir)
     _say(f"{cfg.name}: {len(cells)} cells -> {sweep_dir}")
+    if cfg.launcher.kind == "local":
+        start_forkserver()  # its imports overlap the subsets' preparation
     facts = prepare_cells(cfg, cells)
     logger = facts[cells[0].id]["logger"]
     state = SweepState(sweep_dir)
