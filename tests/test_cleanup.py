@@ -90,15 +90,15 @@ def _kill_while(proc: subprocess.Popen, ready, timeout: float = 90.0) -> list[in
     return _kill_when(proc, workers_up, timeout)
 
 
-def _gone_within(pids, pgid: int) -> float:
+def _gone_within(pids, pgid: int, deadline_s: float = ORPHAN_DEADLINE_S) -> float:
     """Seconds until neither `pids` nor anything in process group `pgid` runs (fails past the deadline)."""
     start = time.time()
     while _living(pids) or _group(pgid):
-        if time.time() - start > ORPHAN_DEADLINE_S:
+        if time.time() - start > deadline_s:
             left = sorted(set(_living(pids)) | set(_group(pgid)))
             for pid in left:  # do not leave them to the rest of the suite
                 os.kill(pid, signal.SIGKILL)
-            pytest.fail(f"orphaned workers still running {ORPHAN_DEADLINE_S:.0f} s after kill -9: {left}")
+            pytest.fail(f"orphaned workers still running {deadline_s:.0f} s after kill -9: {left}")
         time.sleep(0.02)
     return time.time() - start
 
@@ -169,6 +169,34 @@ def test_kill_9_local_sweep_stops_its_fits(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     fits = _kill_when(proc, lambda: _children(proc), timeout=60, log=lambda: proc.stderr.read().decode()[-2000:])
     print(f"sweep's fit gone {_gone_within(fits, proc.pid):.2f} s after kill -9")
+
+
+
+FORKED_FIT_SCRIPT = """
+import sys
+from pathlib import Path
+from aotrain.sweeps.local import Job, fit_argv, run_local
+root = Path(sys.argv[1])
+run_local([Job('cell', fit_argv(['recipe=toy_low_nmi', 'debug=smoke', 'trainer.max_steps=100000',
+                                 'eval.every_n_steps=0', f'paths.root={root}']),
+               root / 'cell.log', forkable=True)], threads=1)
+"""
+
+
+def test_kill_9_local_sweep_stops_its_forked_fits(tmp_path):
+    # A fit forked from the sweep's forkserver is the forkserver's child, not the sweep's: the
+    # forkserver leaves when the sweep dies, and the fit follows it.
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "AOTRAIN_RUN_ID")}
+    proc = subprocess.Popen([sys.executable, "-c", FORKED_FIT_SCRIPT, str(tmp_path)], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    log = tmp_path / "cell.log"
+
+    def training():
+        return log.is_file() and "GPU available" in log.read_text() and _group(proc.pid)
+    group = _kill_when(proc, training, timeout=120, log=lambda: proc.stderr.read().decode()[-2000:])
+    # The fit is told (SIGTERM), as a fit started as a command is: it saves a checkpoint and stops.
+    print(f"forkserver and fit gone {_gone_within(group, proc.pid, deadline_s=30):.2f} s after kill -9")
+    assert "checkpoint" in log.read_text().lower(), log.read_text()[-2000:]
 
 
 POOL_SCRIPT = """

@@ -190,3 +190,39 @@ def test_fixed_epochs_budget_trains_each_cell_its_passes_over_its_subset(tmp_pat
     fixed = load_sweep_config(["recipe=tiny", "grid.size=[150,300]", f"paths.root={tmp_path}"])
     assert {compose(cell_overrides(fixed, c)).trainer.max_steps for c in cells} == {4}  # base's steps, any size
     assert budget_design(fixed).startswith("fixed steps")
+
+
+def test_a_fit_that_fails_in_its_forked_process_fails_its_cell_with_its_log(tmp_path):
+    # Passes composition and the subset stages; Lightning's Trainer refuses the key in the fit itself.
+    proc = run_cli("sweep", "recipe=tiny", "name=broken", "grid.nmi=[0.1]", "report.after_sweep=false",
+                   'extra=["+trainer.no_such_option=1"]', root=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    cell = CELLS[0]
+    assert f"FAILED {cell} (exit 2); log: " in proc.stderr and "failed        " + cell in proc.stdout
+    log = (tmp_path / "sweeps" / "broken" / "logs" / f"{cell}.log").read_text()
+    assert "aotrain fit: error: trainer: " in log and "no_such_option" in log  # the fit's own words, in its log
+    assert "Traceback" not in log + proc.stderr
+
+
+def test_a_forked_fit_leaves_no_imports_in_the_sweep_and_gives_a_commands_numbers(tmp_path):
+    """The same cell started as a command and forked from the forkserver: the same summary."""
+    script = (
+        "import json, sys\nfrom pathlib import Path\n"
+        "from aotrain.sweeps.local import Job, fit_argv, run_local\n"
+        "root = Path(sys.argv[1])\n"
+        "base = ['recipe=toy_low_nmi', 'debug=smoke', 'eval.every_n_steps=0', f'paths.root={root}']\n"
+        "jobs = [Job(kind, fit_argv([*base, f'run_id={kind}']), root / f'{kind}.log', forkable=kind == 'forked')\n"
+        "        for kind in ('command', 'forked')]\n"
+        "codes = run_local(jobs, parallel=1, threads=1)\n"
+        "print(json.dumps({'codes': codes, 'lightning_here': 'lightning' in sys.modules}))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "AOTRAIN_RUN_ID")}
+    env["AOTRAIN_OUTPUT"] = str(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {"codes": {"command": 0, "forked": 0}, "lightning_here": False}
+    metrics = [json.loads(next((tmp_path / "runs").glob(f"*-{kind}/summary.json")).read_text())["metrics"]
+               for kind in ("command", "forked")]
+    assert metrics[0] == metrics[1] and "unseen/pair_top1" in metrics[0]
+    assert "unseen/pair_top1" in (tmp_path / "forked.log").read_text()  # its printed summary, in its log

@@ -4,7 +4,7 @@ The sweep process itself never builds a Trainer: a fit that crashes, or a DDP fi
 its own command line, cannot take the sweep down with it.
 
 A fit of one process (`Job.forkable`) is forked from a forkserver that imported what every fit
-imports (torch, Lightning, open_clip, MLflow: ~8 s of one core) once for the whole sweep, instead of
+imports (torch, Lightning, open_clip, MLflow: ~7 CPU-s) once for the whole sweep, instead of
 being started as a new interpreter; a fit that starts processes of its own (DDP re-launches its
 command line) is started as a command. Either way it is a child process with its own log and exit
 code, and the numbers are the same.
@@ -56,7 +56,13 @@ def start_forkserver() -> None:
 
 def _forked_fit(args: list[str], log: str, env: dict, threads: int) -> None:
     """Runs in a forkserver child: `aotrain <args>` with this environment, its output into `log`."""
-    die_with_parent(os.getppid(), signal.SIGTERM)  # the forkserver exits when the sweep does
+    # The forkserver leaves once no process holds its "alive" pipe, and hands every child a copy: with it
+    # this fit would keep the forkserver, and the forkserver this fit, alive after the sweep died.
+    server = multiprocessing.forkserver._forkserver
+    if getattr(server, "_forkserver_alive_fd", None) is not None:
+        os.close(server._forkserver_alive_fd)
+        server._forkserver_alive_fd = None
+    die_with_parent(os.getppid(), signal.SIGTERM)  # SIGTERM (save and stop) when the forkserver leaves
     os.environ.clear()
     os.environ.update(env)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -135,6 +141,8 @@ def run_local(jobs: list[Job], parallel: int = 1, threads: int | None = None, on
     called as each job ends. Ctrl-C (or SIGTERM) stops the running fits and re-raises.
     """
     parallel = max(1, int(parallel))
+    if any(job.forkable for job in jobs):
+        start_forkserver()
     threads = threads or default_threads(parallel)
     env = child_env(threads)
     waiting, running, codes = list(jobs), {}, {}
