@@ -127,8 +127,10 @@ class _Truncated(Exception):
 
 
 def _unread(name: str, images: bool) -> bool:
-    """An image member that images=False leaves unread."""
-    return not images and _key_and_extension(name)[1] in IMAGE_KEYS
+    """A member whose bytes read_shard does not use: no sample's (no dot in its name), or an image
+    when images=False."""
+    ext = _key_and_extension(name)[1]
+    return ext is None or (not images and ext in IMAGE_KEYS)
 
 
 def _plain_files(path, images: bool):
