@@ -204,6 +204,7 @@ def test_a_fit_that_fails_in_its_forked_process_fails_its_cell_with_its_log(tmp_
     assert "Traceback" not in log + proc.stderr
 
 
+@pytest.mark.slow  # ~25 s; the default suite forks every tiny-sweep fit, and toy_replication showed the numbers equal
 def test_a_forked_fit_leaves_no_imports_in_the_sweep_and_gives_a_commands_numbers(tmp_path):
     """The same cell started as a command and forked from the forkserver: the same summary."""
     script = (
